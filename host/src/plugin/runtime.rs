@@ -1,0 +1,97 @@
+//! The one wasmtime Engine, its epoch ticker, and the Linker every plugin is instantiated with.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+
+use super::state::CallState;
+
+/// One epoch tick. The CPU budget of a call is counted in ticks spent executing wasm.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Engine options.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Use the pooling instance allocator (faster instantiation, memory reserved up front).
+    pub pooling: bool,
+}
+
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<CallState>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(opts: &EngineOptions) -> wasmtime::Result<Runtime> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.wasm_component_model(true);
+        cfg.epoch_interruption(true);
+        if opts.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(2048);
+            pool.total_memories(2048);
+            pool.total_tables(2048);
+            pool.max_memory_size(1 << 30);
+            cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&cfg)?;
+        let linker = build_linker(&engine)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop.clone());
+        Ok(Runtime { engine, linker, stop })
+    }
+
+    /// Identifies compiled artifacts this engine can load (for the compile cache key).
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn epoch thread");
+}
+
+/// Links what the world imports and nothing else: no filesystem, no sockets. The wasi:cli
+/// interfaces Rust's std pulls in are linked inert (empty env and args, stdio to the log).
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
+    use wasmtime_wasi::p2::bindings::{cli, random};
+    let mut l = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(&mut l)?;
+    cli::environment::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::exit::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::terminal_input::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::terminal_output::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::terminal_stdin::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::terminal_stdout::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    cli::terminal_stderr::add_to_linker::<CallState, WasiCli>(&mut l, |t| t.cli())?;
+    random::insecure::add_to_linker::<CallState, WasiRandom>(&mut l, |t| t.random())?;
+    random::insecure_seed::add_to_linker::<CallState, WasiRandom>(&mut l, |t| t.random())?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
+    crate::bindings::sandbox::provider::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut l, |s| s)?;
+    crate::bindings::sandbox::provider::types::add_to_linker::<CallState, HasSelf<CallState>>(&mut l, |s| s)?;
+    Ok(l)
+}

@@ -1,0 +1,3 @@
+//! Policy that needs no wasm to test: the outbound allowlist.
+
+pub mod allowlist;
