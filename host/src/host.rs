@@ -93,6 +93,7 @@ pub struct HostBuilder {
     retry: Option<RetryPolicy>,
     on_denied: Option<DenialHandler>,
     no_cache: bool,
+    cache_dir: Option<PathBuf>,
 }
 
 impl HostBuilder {
@@ -152,6 +153,12 @@ impl HostBuilder {
         self
     }
 
+    /// Where compiled plugins are cached (default `<state dir>/cache`). Several hosts may share one.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
     /// Disables the compile cache (always compile; for benchmarks).
     pub fn without_compile_cache(mut self) -> Self {
         self.no_cache = true;
@@ -176,7 +183,7 @@ impl HostBuilder {
             };
         }
         let runtime = Arc::new(Runtime::new(&self.engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?);
-        let cache_dir = (!self.no_cache).then(|| state_dir.join("cache"));
+        let cache_dir = (!self.no_cache).then(|| self.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
         let fingerprint = runtime.fingerprint();
         let config = Arc::new(config);
         let loader = Loader {

