@@ -37,6 +37,24 @@ pub struct Config {
     pub defaults: Defaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    #[serde(default)]
+    pub localbox: LocalboxSection,
+}
+
+/// `[localbox]`: the local sandbox engine the CLI and `serve` start for the `local` plugin.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalboxSection {
+    /// `bubblewrap` (default) or `none` (no isolation: commands run as the host user).
+    pub isolation: Option<String>,
+    /// `shared` (default: sandbox ports reachable on loopback) or `none`.
+    pub network: Option<String>,
+    /// Where sandboxes live (default `$SANDBOX_HOST_HOME/localbox/sandboxes`).
+    pub root_dir: Option<PathBuf>,
+    /// The CLI's localbox daemon exits after this long with no sandboxes and no calls (default 600).
+    pub idle_exit_secs: Option<u64>,
+    /// Processes per sandbox (default 256).
+    pub max_processes: Option<u64>,
 }
 
 /// `[host]`: settings of the host itself.

@@ -8,6 +8,7 @@
 mod bindings;
 pub mod config;
 mod error;
+pub mod local;
 mod host;
 pub mod outbound;
 pub mod plugin;
@@ -18,7 +19,7 @@ pub mod retry;
 mod sandbox;
 mod types_ext;
 
-pub use error::{Error, PluginFault, ProviderError};
+pub use error::{describe as describe_provider_error, Error, PluginFault, ProviderError};
 pub use host::{default_home, default_plugin_dirs, Host, HostBuilder, RuntimeStatus, StatusEvent};
 pub use plugin::runtime::EngineOptions;
 pub use plugin::state::OutputSink;

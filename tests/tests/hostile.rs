@@ -1,0 +1,173 @@
+//! Hostile plugins: each attack runs while a well-behaved plugin (`example`) keeps answering,
+//! and each must end in the typed error for the limit it broke.
+
+use sandbox_host::types::{ExecRequest, ExecResult, Spec};
+use sandbox_host::{Error, PluginFault, ProviderError};
+use sandbox_tests::example_server::{self, ExampleServer};
+use sandbox_tests::servers::TestServer;
+use sandbox_tests::{host_with, TestHost};
+
+const SECRET: &str = "s3cret-value-the-plugin-must-never-see";
+
+struct Fixture {
+    t: TestHost,
+    upstream: TestServer,
+    _example: ExampleServer,
+}
+
+async fn fixture() -> Fixture {
+    let upstream = TestServer::start().await;
+    let example = example_server::start().await;
+    let config = format!(
+        r#"
+        [plugins.hostile]
+        allow = ["http://127.0.0.1:{port}"]
+        secrets.api-key = "{SECRET}"
+        limits = {{ memory_mb = 64, cpu_ms = 300, call_timeout_secs = 2, response_mb = 1 }}
+
+        [plugins.example]
+        settings.base-url = "{example_url}"
+        secrets.api-key = "{example_key}"
+        "#,
+        port = upstream.addr.port(),
+        example_url = example.url(),
+        example_key = example.api_key(),
+    );
+    let t = host_with(&["hostile", "example"], &config).await;
+    Fixture { t, upstream, _example: example }
+}
+
+/// Runs the attack while calling the well-behaved plugin in a loop. Returns the attack's
+/// result and how many well-behaved calls completed while it ran (each must succeed).
+async fn under_attack(f: &Fixture, argv: &[&str]) -> (Result<ExecResult, Error>, usize) {
+    let hostile = f.t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let attack = tokio::spawn(async move { hostile.exec(ExecRequest::argv(argv), None).await });
+    let example = f.t.host.provider("example").unwrap();
+    let mut answered = 0;
+    while !attack.is_finished() {
+        example.preflight().await.expect("the well-behaved plugin must keep answering during an attack");
+        answered += 1;
+    }
+    let result = attack.await.unwrap();
+    // The attacker itself is served again right after: every call gets a fresh instance.
+    let again = f.t.host.sandbox("h1", Some("hostile")).unwrap().exec(ExecRequest::argv(["ok"]), None).await.unwrap();
+    assert_eq!(again.stdout_tail, b"ok");
+    (result, answered)
+}
+
+fn fault(r: &Result<ExecResult, Error>) -> &PluginFault {
+    match r {
+        Err(Error::Plugin { fault, .. }) => fault,
+        other => panic!("expected a plugin fault, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_loop_is_stopped_by_the_cpu_budget() {
+    let f = fixture().await;
+    let (r, answered) = under_attack(&f, &["spin"]).await;
+    assert!(matches!(fault(&r), PluginFault::CpuBudget(_)), "{r:?}");
+    assert!(answered >= 1, "no well-behaved call completed during the spin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_stopped_by_the_memory_limit() {
+    let f = fixture().await;
+    let (r, _) = under_attack(&f, &["alloc", "1024"]).await;
+    assert!(matches!(fault(&r), PluginFault::MemoryLimit(m) if *m == 64 << 20), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_contained() {
+    let f = fixture().await;
+    let (r, _) = under_attack(&f, &["trap"]).await;
+    assert!(matches!(fault(&r), PluginFault::Trap(_)), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_never_returns_hits_the_wall_clock_timeout() {
+    let f = fixture().await;
+    let (r, answered) = under_attack(&f, &["hang"]).await;
+    assert!(matches!(fault(&r), PluginFault::Timeout(d) if d.as_secs() == 2), "{r:?}");
+    assert!(answered >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_outside_the_grant_is_denied_before_connecting() {
+    let f = fixture().await;
+    let outside = TestServer::start().await;
+    let (r, _) = under_attack(&f, &["egress", &outside.url("/ok")]).await;
+    match r {
+        Err(Error::Provider { error: ProviderError::Forbidden(m), .. }) => assert!(m.contains("not allowed"), "{m}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    assert_eq!(outside.accepts(), 0, "a denied request must not open a connection");
+    // The granted host is reachable.
+    let (r, _) = under_attack(&f, &["egress", &f.upstream.url("/ok")]).await;
+    assert_eq!(r.unwrap().stdout_tail, b"200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_grants_do_not_reach_loopback() {
+    let target = TestServer::start().await;
+    let t = host_with(&["hostile"], "[plugins.hostile]\nallow = [\"http://*:*\", \"https://*\"]\n").await;
+    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    for url in [target.url("/ok"), format!("http://localhost:{}/ok", target.addr.port()), "http://169.254.169.254/latest".into()] {
+        let r = sandbox.exec(ExecRequest::argv(["egress", url.as_str()]), None).await;
+        assert!(matches!(r, Err(Error::Provider { error: ProviderError::Forbidden(_), .. })), "{url}: {r:?}");
+    }
+    assert_eq!(target.accepts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_secret_reaches_upstream_but_never_the_plugin() {
+    let f = fixture().await;
+    let (r, _) = under_attack(&f, &["steal", &f.upstream.url("/ok")]).await;
+    let seen = String::from_utf8(r.unwrap().stdout_tail).unwrap();
+    assert!(seen.contains("status: 200"), "{seen}");
+    assert!(!seen.contains(SECRET), "the plugin observed the secret:\n{seen}");
+    // The upstream got the host's value, not the plugin's forged header.
+    let auth: Vec<String> = f.upstream.requests().iter().filter_map(|r| r.headers.get("authorization").cloned()).collect();
+    assert!(!auth.is_empty());
+    assert!(auth.iter().all(|a| a == &format!("Bearer {SECRET}")), "{auth:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_may_set_authorization_where_no_secret_is_bound() {
+    let bound = TestServer::start().await;
+    let other = TestServer::start().await;
+    let config = format!(
+        r#"
+        [plugins.hostile]
+        allow = ["http://127.0.0.1:{a}", "http://127.0.0.1:{b}"]
+        secrets.api-key = {{ env = "SANDBOX_HOST_TEST_SECRET_UNUSED", default = "{SECRET}", hosts = ["http://127.0.0.1:{a}"] }}
+        "#,
+        a = bound.addr.port(),
+        b = other.addr.port()
+    );
+    let t = host_with(&["hostile"], &config).await;
+    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    for server in [&bound, &other] {
+        sandbox.exec(ExecRequest::argv(["steal", &server.url("/ok")]), None).await.unwrap();
+    }
+    let auth = |s: &TestServer| s.requests().iter().filter_map(|r| r.headers.get("authorization").cloned()).collect::<Vec<_>>();
+    assert!(auth(&bound).iter().all(|a| a == &format!("Bearer {SECRET}")), "{:?}", auth(&bound));
+    assert!(auth(&other).contains(&"Bearer stolen".to_string()), "{:?}", auth(&other));
+    assert!(!auth(&other).iter().any(|a| a.contains(SECRET)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_response_is_capped() {
+    let f = fixture().await;
+    let (r, answered) = under_attack(&f, &["huge", &f.upstream.url("/huge?mb=32")]).await;
+    match r {
+        Err(Error::Provider { error, .. }) => {
+            let text = sandbox_host::describe_provider_error(&error);
+            assert!(text.contains("size") || text.contains("limit"), "{text}");
+            assert!(!text.contains("read 33554432"), "{text}");
+        }
+        other => panic!("expected the body to be cut, got {other:?}"),
+    }
+    assert!(answered >= 1);
+}
