@@ -34,6 +34,9 @@ pub struct PluginSet {
     loaded: RwLock<Loaded>,
     events: broadcast::Sender<PluginEvent>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The sha256 of the last bytes that failed to load, per path, so a file the watcher
+    /// reports again is not reported as failed again.
+    failed_sha: Mutex<HashMap<PathBuf, String>>,
 }
 
 fn is_plugin_file(path: &Path) -> bool {
@@ -42,7 +45,13 @@ fn is_plugin_file(path: &Path) -> bool {
 
 impl PluginSet {
     pub fn new(loader: Loader) -> Self {
-        PluginSet { loader, loaded: RwLock::default(), events: broadcast::channel(256).0, watcher: Mutex::new(None) }
+        PluginSet {
+            loader,
+            loaded: RwLock::default(),
+            events: broadcast::channel(256).0,
+            watcher: Mutex::new(None),
+            failed_sha: Mutex::default(),
+        }
     }
 
     pub fn loader(&self) -> &Loader {
@@ -82,15 +91,24 @@ impl PluginSet {
 
     /// Loads or reloads one file and swaps it in.
     pub async fn load_path(&self, path: &Path) -> Result<Arc<LoadedPlugin>, Error> {
-        let result = self.loader.load(path).await;
+        let bytes = match tokio::fs::read(path).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.failed(path, Error::Load { path: path.to_path_buf(), reason: e.to_string() })),
+        };
+        // The watcher reports a file several times per change: same bytes, nothing to do.
+        let sha = crate::plugin::cache::sha256_hex(&bytes);
+        if let Some(current) = self.current_for(path).filter(|p| p.sha256 == sha) {
+            return Ok(current);
+        }
+        let result = self.loader.load_bytes(path, &bytes).await;
         let plugin = match result {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                tracing::error!("{e}");
-                let _ = self.events.send(PluginEvent::Failed { path: path.to_path_buf(), error: e.to_string() });
-                return Err(e);
+                let repeated = self.failed_sha.lock().unwrap().insert(path.to_path_buf(), sha.clone()) == Some(sha);
+                return Err(if repeated { e } else { self.failed(path, e) });
             }
         };
+        self.failed_sha.lock().unwrap().remove(path);
         let name = plugin.name().to_string();
         let event = {
             let mut loaded = self.loaded.write().unwrap();
@@ -100,9 +118,7 @@ impl PluginSet {
                     reason: format!("plugin name {name:?} is already provided by {}", other.path.display()),
                 };
                 drop(loaded);
-                tracing::error!("{e}");
-                let _ = self.events.send(PluginEvent::Failed { path: path.to_path_buf(), error: e.to_string() });
-                return Err(e);
+                return Err(self.failed(path, e));
             }
             // The file may have changed its plugin name: drop the old name.
             if let Some(old) = loaded.name_of_path.insert(path.to_path_buf(), name.clone()) {
@@ -120,6 +136,18 @@ impl PluginSet {
         tracing::info!(?event, sha256 = %plugin.sha256, origin = ?plugin.origin, "plugin ready");
         let _ = self.events.send(event);
         Ok(plugin)
+    }
+
+    fn current_for(&self, path: &Path) -> Option<Arc<LoadedPlugin>> {
+        let loaded = self.loaded.read().unwrap();
+        loaded.by_name.get(loaded.name_of_path.get(path)?).cloned()
+    }
+
+    /// Logs and broadcasts a load failure; returns the error.
+    fn failed(&self, path: &Path, e: Error) -> Error {
+        tracing::error!("{e}");
+        let _ = self.events.send(PluginEvent::Failed { path: path.to_path_buf(), error: e.to_string() });
+        e
     }
 
     /// Unloads the plugin that came from `path`, if any.

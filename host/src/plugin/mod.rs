@@ -83,14 +83,20 @@ fn valid_name(name: &str) -> bool {
 impl Loader {
     pub async fn load(&self, path: &Path) -> Result<LoadedPlugin, Error> {
         let bytes = tokio::fs::read(path).await.map_err(|e| load_err(path, e))?;
-        let sha = sha256_hex(&bytes);
+        self.load_bytes(path, &bytes).await
+    }
+
+    /// Compiles (or loads from cache), checks and describes a plugin, then applies the
+    /// operator's policy for the name it declares.
+    pub async fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedPlugin, Error> {
+        let sha = sha256_hex(bytes);
         let runtime = self.runtime.clone();
         let (component, origin) = {
             let engine = runtime.engine.clone();
             let cache = &self.cache;
             let sha = sha.clone();
             // Compilation is CPU-heavy: keep it off the async workers.
-            tokio::task::block_in_place(|| cache.load(&engine, &bytes, &sha)).map_err(|e| load_err(path, format!("not a valid component: {e:#}")))?
+            tokio::task::block_in_place(|| cache.load(&engine, bytes, &sha)).map_err(|e| load_err(path, format!("not a valid component: {e:#}")))?
         };
         check_contract(&runtime, &component).map_err(|r| load_err(path, r))?;
         let pre = runtime.linker.instantiate_pre(&component).map_err(|e| load_err(path, format!("{e:#}")))?;
