@@ -127,7 +127,7 @@ impl Egress {
             }
             Ok(Err(e)) => {
                 let err = map_client_error(&e);
-                tracing::info!(plugin = %self.plugin, %method, url = %loggable(&uri), latency_ms, error = %e, "outbound request failed");
+                tracing::info!(plugin = %self.plugin, %method, url = %loggable(&uri), latency_ms, error = %chain(&e), "outbound request failed");
                 return Err(err);
             }
             Ok(Ok(resp)) => resp,
@@ -144,10 +144,22 @@ impl Egress {
     }
 }
 
+/// An error and its sources, one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Maps a client error to the closest `wasi:http` error code by walking its sources.
 fn map_client_error(e: &hyper_util::client::legacy::Error) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
         if let Some(p) = err.downcast_ref::<ProhibitedAddress>() {
             tracing::warn!("{p}");
             return Error::DestinationIpProhibited;
@@ -158,6 +170,7 @@ fn map_client_error(e: &hyper_util::client::legacy::Error) -> Error {
                 _ => Error::TlsProtocolError,
             };
         }
+        next = err.source();
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return Error::ConnectionRefused,
@@ -165,8 +178,11 @@ fn map_client_error(e: &hyper_util::client::legacy::Error) -> Error {
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => return Error::ConnectionTerminated,
                 _ => {}
             }
+            // io::Error hides what it wraps from `source()`: descend into it instead.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+            }
         }
-        source = err.source();
     }
     if e.is_connect() {
         return Error::DestinationUnavailable;
