@@ -25,7 +25,6 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::policy::allowlist::Allowlist;
 use client::{Clients, ProhibitedAddress};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -108,11 +107,11 @@ impl Egress {
         if h2c && req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
             req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
-        let head_timeout = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
-            + options.first_byte_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
+        // Connecting is bounded by the connector (30 s); a pooled connection needs none. The
+        // head of the response must come within the plugin's connect + first-byte timeouts.
+        let head_timeout = options.connect_timeout.unwrap_or(Duration::ZERO) + options.first_byte_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
         let fut = async {
             if h2c {
-                // HTTP/2 prior knowledge needs origin-form... hyper builds it from the absolute URI.
                 self.clients.h2c.request(req).await
             } else {
                 self.clients.https.request(req).await
