@@ -49,7 +49,8 @@ pub struct LocalboxSection {
     pub isolation: Option<String>,
     /// `shared` (default: sandbox ports reachable on loopback) or `none`.
     pub network: Option<String>,
-    /// Where sandboxes live (default `$SANDBOX_HOST_HOME/localbox/sandboxes`).
+    /// Where sandboxes live (default: `/var/lib/sandbox-host/localbox-<hash of home>` as root,
+    /// `$SANDBOX_HOST_HOME/localbox/sandboxes` otherwise). Every ancestor must be searchable by others.
     pub root_dir: Option<PathBuf>,
     /// The CLI's localbox daemon exits after this long with no sandboxes and no calls (default 600).
     pub idle_exit_secs: Option<u64>,

@@ -68,9 +68,18 @@ impl Server {
     }
 }
 
+/// Exec output is streamed in small writes: without TCP_NODELAY, Nagle's algorithm and the
+/// client's delayed ACK hold each one back ~40 ms.
+fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, server: Server) -> std::io::Result<()> {
-    axum::serve(listener, server.router()).await
+    axum::serve(no_delay(listener), server.router()).await
 }
 
 /// Serves the API until `shutdown` resolves, then stops accepting and lets open requests finish.
@@ -79,7 +88,7 @@ pub async fn serve_with_shutdown(
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, server.router())
+    axum::serve(no_delay(listener), server.router())
         .with_graceful_shutdown(shutdown)
         .await
 }

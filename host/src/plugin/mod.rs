@@ -236,6 +236,21 @@ impl LoadedPlugin {
     }
 }
 
+impl LoadedPlugin {
+    /// Instantiates the plugin and keeps the instance alive, for measuring memory per idle
+    /// instance (benchmarks). Not used to serve calls.
+    #[doc(hidden)]
+    pub async fn idle_instance(&self) -> wasmtime::Result<Store<CallState>> {
+        let state = CallState::new(self.name.clone(), self.egress.clone(), self.settings.clone(), self.limits.memory_bytes, None);
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        instance.sandbox_provider_provider().call_describe(&mut store).await?;
+        Ok(store)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_call<R: Send>(
     runtime: &Runtime,

@@ -40,9 +40,12 @@ impl Runtime {
         cfg.epoch_interruption(true);
         if opts.pooling {
             let mut pool = PoolingAllocationConfig::default();
+            // A Rust plugin component holds a few core instances (the module plus adapter
+            // shims); size the pool for ~2,000 concurrent calls.
             pool.total_component_instances(2048);
-            pool.total_memories(2048);
-            pool.total_tables(2048);
+            pool.total_core_instances(8192);
+            pool.total_memories(4096);
+            pool.total_tables(8192);
             pool.max_memory_size(1 << 30);
             cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }

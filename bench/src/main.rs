@@ -1,0 +1,252 @@
+//! `make bench`: each number is printed beside its baseline, measured in the same run, as a
+//! ratio. Nothing here asserts a time; the budgets are in DESIGN.md.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sandbox_host::config::Config;
+use sandbox_host::plugin::cache::{sha256_hex, CompileCache};
+use sandbox_host::plugin::runtime::Runtime;
+use sandbox_host::types::{ExecRequest, Spec};
+use sandbox_host::{EngineOptions, Host, HostBuilder};
+use sandbox_tests::localbox_support::LocalboxServer;
+use sandbox_tests::servers::TestServer;
+use sandbox_tests::plugin_file;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rss_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn host(plugins: &[&str], config: &str, pooling: bool, home: &Path) -> Host {
+    let dir = home.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for p in plugins {
+        std::fs::copy(plugin_file(p), dir.join(format!("{p}.wasm"))).unwrap();
+    }
+    HostBuilder::new()
+        .home(home)
+        .plugins_dir(&dir)
+        .config(Config::from_toml(config, "bench").unwrap())
+        .engine_options(EngineOptions { pooling })
+        .hot_reload(false)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The plugin's `describe` done natively: the floor a wasm call is compared with.
+fn native_describe() -> sandbox_host::types::PluginInfo {
+    sandbox_host::types::PluginInfo {
+        name: "hostile".into(),
+        version: "0.1.0".into(),
+        contract_version: "0.1.0".into(),
+        description: "Test fixture: misbehaves on purpose to prove the host's limits.".into(),
+        capabilities: sandbox_host::types::Capabilities::STREAMING,
+        settings: vec![],
+        credentials: vec![],
+        hosts: vec!["http://127.0.0.1:*".into()],
+        options: vec![],
+    }
+}
+
+async fn call_overhead() {
+    println!("## Plugin call overhead (new Store + instantiate + describe + drop, no I/O)");
+    const N: usize = 5000;
+    let mut native = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        std::hint::black_box(native_describe());
+        native.push(t.elapsed());
+    }
+    println!("native describe (floor):     median {:8.2} µs", us(median(native.clone())));
+    for pooling in [false, true] {
+        let home = tempfile::tempdir().unwrap();
+        let h = host(&["hostile"], "", pooling, home.path()).await;
+        let plugin = h.plugins()[0].clone();
+        for _ in 0..200 {
+            plugin.call("describe", None, Duration::ZERO, |g, s| Box::pin(g.call_describe(s))).await.unwrap();
+        }
+        let mut times = Vec::with_capacity(N);
+        for _ in 0..N {
+            let t = Instant::now();
+            plugin.call("describe", None, Duration::ZERO, |g, s| Box::pin(g.call_describe(s))).await.unwrap();
+            times.push(t.elapsed());
+        }
+        println!(
+            "wasm call, pooling={pooling:<5}:    median {:8.2} µs  p99 {:8.2} µs  ({:.0}x native; budget: median < 20 µs)",
+            us(median(times.clone())),
+            us(pct(&times, 0.99)),
+            us(median(times.clone())) / us(median(native.clone())).max(0.001)
+        );
+    }
+}
+
+fn compile_vs_cache() {
+    println!("\n## Compile vs cached load");
+    let runtime = Runtime::new(&EngineOptions::default()).unwrap();
+    for name in ["example", "hostile", "local"] {
+        let Ok(bytes) = std::fs::read(plugin_file(name)) else { continue };
+        let sha = sha256_hex(&bytes);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::new(Some(dir.path().to_path_buf()), runtime.fingerprint());
+        let t = Instant::now();
+        cache.load(&runtime.engine, &bytes, &sha).unwrap();
+        let compile = t.elapsed();
+        let mut cached = vec![];
+        for _ in 0..50 {
+            let t = Instant::now();
+            let (_, origin) = cache.load(&runtime.engine, &bytes, &sha).unwrap();
+            cached.push(t.elapsed());
+            assert_eq!(origin, sandbox_host::plugin::cache::Origin::Cached);
+        }
+        println!(
+            "{name:8} {:5} KB: compile {:8.1} ms, cached load median {:6.3} ms ({:.0}x faster; budget < 1 ms)",
+            bytes.len() / 1024,
+            compile.as_secs_f64() * 1e3,
+            median(cached.clone()).as_secs_f64() * 1e3,
+            compile.as_secs_f64() / median(cached).as_secs_f64()
+        );
+    }
+}
+
+async fn host_start() {
+    println!("\n## Host start (cached plugins)");
+    let home = tempfile::tempdir().unwrap();
+    let plugins = ["example", "hostile", "local"];
+    drop(host(&plugins, "", false, home.path()).await); // warm the cache
+    let mut times = vec![];
+    for _ in 0..10 {
+        let t = Instant::now();
+        drop(host(&plugins, "", false, home.path()).await);
+        times.push(t.elapsed());
+    }
+    println!("{} plugins: median {:.1} ms (budget: 6 plugins < 100 ms)", plugins.len(), median(times).as_secs_f64() * 1e3);
+}
+
+async fn concurrency() {
+    println!("\n## 1,000 concurrent in-flight calls against a loopback server");
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let config = format!("[plugins.hostile]\nallow = [\"http://127.0.0.1:{}\"]\n", server.addr.port());
+    let h = host(&["hostile"], &config, true, home.path()).await;
+    let sandbox = h.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let url = server.url("/ok");
+    let rss_before = rss_kib("VmRSS:");
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (s, url) = (sandbox.clone(), url.clone());
+            tokio::spawn(async move { s.exec(ExecRequest::argv(["egress", url.as_str()]), None).await })
+        })
+        .collect();
+    let mut errors = 0;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) if r.stdout_tail == b"200" => {}
+            other => {
+                errors += 1;
+                first_error.get_or_insert(format!("{other:?}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        println!("first error: {e}");
+    }
+    let elapsed = t.elapsed();
+    println!(
+        "1000 calls: {errors} errors, {:.0} calls/s, {} TCP connections, peak RSS {} MiB (RSS before {} MiB)",
+        1000.0 / elapsed.as_secs_f64(),
+        server.accepts(),
+        rss_kib("VmHWM:") / 1024,
+        rss_before / 1024
+    );
+
+    let plugin = h.plugins()[0].clone();
+    let before = rss_kib("VmRSS:");
+    let mut idle = vec![];
+    for _ in 0..200 {
+        idle.push(plugin.idle_instance().await.unwrap());
+    }
+    let after = rss_kib("VmRSS:");
+    println!("memory per idle instance: {:.1} KiB (200 instances alive)", (after.saturating_sub(before)) as f64 / 200.0);
+}
+
+async fn local_exec() {
+    println!("\n## One `exec true` through the local plugin vs the same bubblewrapped command directly");
+    let lb = LocalboxServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = host(&["local"], &lb.config_toml(), false, home.path()).await;
+    let sandbox = h.provider("local").unwrap().create(Spec::default()).await.unwrap();
+    const N: usize = 100;
+    let mut plugin_times = vec![];
+    let mut engine_times = vec![];
+    let mut direct_times = vec![];
+    let engine_id = sandbox.id().to_string();
+    let ws = tempfile::tempdir().unwrap();
+    for _ in 0..N {
+        // Interleaved so machine noise hits all three alike.
+        let t = Instant::now();
+        let r = sandbox.exec(ExecRequest::argv(["true"]), None).await.unwrap();
+        plugin_times.push(t.elapsed());
+        assert_eq!(r.exit_code, 0);
+
+        let t = Instant::now();
+        lb.engine.exec(&engine_id, localbox::ExecRequest::argv(["true"])).await.unwrap();
+        engine_times.push(t.elapsed());
+
+        let t = Instant::now();
+        let status = tokio::process::Command::new("bwrap")
+            .args(["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"])
+            .args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"])
+            .args(["--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev"])
+            .arg("--bind")
+            .arg(ws.path())
+            .args(["/workspace", "--chdir", "/workspace", "true"])
+            .status()
+            .await
+            .unwrap();
+        direct_times.push(t.elapsed());
+        assert!(status.success());
+    }
+    let (p, e, d) = (median(plugin_times), median(engine_times), median(direct_times));
+    println!("direct bwrap spawn:           median {:7.2} ms", d.as_secs_f64() * 1e3);
+    println!("localbox engine (no HTTP):    median {:7.2} ms ({:.2}x direct)", e.as_secs_f64() * 1e3, e.as_secs_f64() / d.as_secs_f64());
+    println!(
+        "local plugin (wasm + HTTP):   median {:7.2} ms ({:.2}x direct; budget < 2x)",
+        p.as_secs_f64() * 1e3,
+        p.as_secs_f64() / d.as_secs_f64()
+    );
+    sandbox.destroy().await.unwrap();
+    lb.shutdown().await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("sandbox-host benchmarks ({} build, {} cores)\n", if cfg!(debug_assertions) { "debug" } else { "release" }, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    call_overhead().await;
+    compile_vs_cache();
+    host_start().await;
+    concurrency().await;
+    local_exec().await;
+}
