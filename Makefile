@@ -32,8 +32,8 @@ bwrap:
 plugins: wasm-target
 	cd plugins && $(CARGO) build --release --target $(WASM_TARGET)
 	@mkdir -p target/plugins target/test-plugins
-	@for p in $(PROVIDER_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/plugins/$$p.wasm; done
-	@for p in $(FIXTURE_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/test-plugins/$$p.wasm; done
+	@for p in $(PROVIDER_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/plugins/$$p.wasm || exit 1; done
+	@for p in $(FIXTURE_PLUGINS); do cp $(GUEST_OUT)/$$p.wasm target/test-plugins/$$p.wasm || exit 1; done
 	@ls -l target/plugins target/test-plugins | grep wasm
 
 build: plugins
@@ -43,7 +43,8 @@ run: build bwrap
 	./scripts/demo.sh ./target/release/sandbox-host
 
 test: plugins bwrap
-	cd plugins && $(CARGO) test -p kit --lib --target x86_64-unknown-linux-gnu
+	cd plugins && $(CARGO) test -p kit
+	$(CARGO) build -p sandbox-host
 	$(CARGO) test --workspace
 
 bench: plugins bwrap
