@@ -136,3 +136,27 @@ async fn the_registry_survives_a_host_restart_and_attach_registers_foreign_sandb
     drop(host);
     assert!(build().await.unwrap().sandbox(&foreign, None).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_is_persisted_and_passed_back() {
+    let (t, sandbox) = hostile_sandbox("").await;
+    assert_eq!(text(sandbox.exec(ExecRequest::argv(["token"]), None).await), "");
+    assert_eq!(text(sandbox.exec(ExecRequest::argv(["refresh", "tok-2"]), None).await), "refreshed");
+    assert_eq!(sandbox.record().unwrap().token.as_deref(), Some("tok-2"));
+    assert_eq!(text(sandbox.exec(ExecRequest::argv(["token"]), None).await), "tok-2");
+    drop(t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_reports_runtime_status_events() {
+    use sandbox_host::RuntimeStatus;
+    let t = host_with(&["hostile"], "").await;
+    let mut events = t.host.status_events();
+    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let mut seen = vec![];
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.status, e.sandbox_id));
+    }
+    let id = Some(sandbox.id().to_string());
+    assert_eq!(seen, [(RuntimeStatus::Starting, None), (RuntimeStatus::Started, id.clone()), (RuntimeStatus::Ready, id)]);
+}

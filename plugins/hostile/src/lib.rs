@@ -15,6 +15,8 @@
 //! | `hang` | blocks for an hour on a monotonic-clock pollable (the wall-clock timeout must end it) |
 //! | `emit N` | emits N stdout chunks (default 10), then exit 0 |
 //! | `trailers URL` | GET URL, reads the body, then the trailers (HTTP/2, gRPC); stdout-tail lists them |
+//! | `token` | stdout-tail is the sandbox token the host passed in |
+//! | `refresh T` | hands the host a refreshed token `T` |
 //!
 //! `create` answers a fake sandbox `h1` (workdir `/`), `get` the same, `destroy` succeeds;
 //! the other calls are `unsupported`.
@@ -238,7 +240,7 @@ impl kit::Plugin for Hostile {
         Ok(())
     }
 
-    fn exec(_sandbox: SandboxRef, request: ExecRequest) -> Result<ExecResult> {
+    fn exec(sandbox: SandboxRef, request: ExecRequest) -> Result<ExecResult> {
         let words: Vec<String> = match request.command {
             Command::Argv(argv) => argv,
             Command::Shell(s) => s.split_whitespace().map(String::from).collect(),
@@ -259,6 +261,11 @@ impl kit::Plugin for Hostile {
             "hang" => hang(),
             "emit" => emit(number(args, 10)?),
             "trailers" => trailers(&target(args)?),
+            "token" => done(sandbox.token.unwrap_or_default()),
+            "refresh" => {
+                kit::refresh_token(args.first().map_or("", String::as_str));
+                done("refreshed")
+            }
             other => Err(kit::invalid_argument(format!("unknown attack {other:?}"))),
         }
     }
