@@ -1,7 +1,9 @@
 //! Support for the cross-crate integration tests: loopback servers, the example provider API,
 //! and helpers that build a [`sandbox_host::Host`] over a temp directory with chosen plugins.
 
+pub mod conformance;
 pub mod example_server;
+pub mod localbox_support;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
