@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use kit::http::Request;
 use kit::{
     Capabilities, Check, Command, Endpoint, ExecOutput, ExecRequest, ExecResult, Pairs, PluginInfo,
-    Result, Sandbox, SandboxRef, SandboxState, Spec,
+    Result, Sandbox, SandboxRef, Spec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -36,14 +36,7 @@ impl From<ApiSandbox> for Sandbox {
         Sandbox {
             id: s.id,
             name: s.name,
-            state: match s.state.as_str() {
-                "starting" => SandboxState::Starting,
-                "running" => SandboxState::Running,
-                "paused" => SandboxState::Paused,
-                "stopped" => SandboxState::Stopped,
-                "error" => SandboxState::Error,
-                _ => SandboxState::Unknown,
-            },
+            state: kit::sandbox_state(&s.state),
             workdir: s.workdir,
             labels: s.labels.into_iter().collect(),
             image: None,

@@ -448,6 +448,19 @@ impl ExecOutput {
 }
 
 // ---------------------------------------------------------------------------------------------
+/// The contract's state for the lowercase names most APIs use (`running`, `paused`, …);
+/// anything else is `unknown`.
+pub fn sandbox_state(name: &str) -> SandboxState {
+    match name {
+        "starting" | "pending" | "creating" => SandboxState::Starting,
+        "running" | "started" => SandboxState::Running,
+        "paused" => SandboxState::Paused,
+        "stopped" | "destroyed" => SandboxState::Stopped,
+        "error" | "failed" => SandboxState::Error,
+        _ => SandboxState::Unknown,
+    }
+}
+
 // Clocks and randomness.
 
 /// Wall-clock time in Unix milliseconds.

@@ -27,8 +27,7 @@ use std::time::Duration;
 use kit::http::{Method, Request, Response};
 use kit::{
     Capabilities, Check, Command, Endpoint, ExecOutput, ExecRequest, ExecResult, FileKind,
-    FileStat, OutputChunk, Pairs, PluginInfo, ProcessInfo, Result, Sandbox, SandboxRef,
-    SandboxState, Spec,
+    FileStat, OutputChunk, Pairs, PluginInfo, ProcessInfo, Result, Sandbox, SandboxRef, Spec,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -64,14 +63,7 @@ impl From<ApiSandbox> for Sandbox {
         Sandbox {
             id: s.id,
             name: s.name,
-            state: match s.state.as_str() {
-                "running" => SandboxState::Running,
-                "paused" => SandboxState::Paused,
-                "stopped" => SandboxState::Stopped,
-                "starting" => SandboxState::Starting,
-                "error" => SandboxState::Error,
-                _ => SandboxState::Unknown,
-            },
+            state: kit::sandbox_state(&s.state),
             workdir: s.workdir,
             labels: s.labels.into_iter().collect(),
             image: s.image,
