@@ -188,7 +188,7 @@ impl HostBuilder {
         let config = Arc::new(config);
         let loader = Loader {
             runtime,
-            cache: CompileCache::new(cache_dir, fingerprint),
+            cache: Arc::new(CompileCache::new(cache_dir, fingerprint)),
             config: config.clone(),
             clients: Arc::new(ClientCache::default()),
             on_denied: self.on_denied,

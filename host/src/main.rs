@@ -1,1 +1,8 @@
-fn main() {}
+//! The `sandbox-host` command line (see `cli`).
+
+mod cli;
+
+#[tokio::main]
+async fn main() {
+    std::process::exit(cli::main().await)
+}

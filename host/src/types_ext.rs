@@ -2,6 +2,7 @@
 
 use crate::bindings::types::{Command, ExecRequest, Spec};
 
+#[allow(clippy::derivable_impls)] // generated type: cannot derive
 impl Default for Spec {
     fn default() -> Self {
         Spec {

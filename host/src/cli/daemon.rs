@@ -49,7 +49,8 @@ pub fn running(home: &Path) -> Option<DaemonInfo> {
 }
 
 /// Finds the daemon or starts one, holding a lock so concurrent invocations start only one.
-pub fn ensure(home: &Path) -> anyhow::Result<DaemonInfo> {
+/// `config_file` is the operator file given explicitly (`--config`), passed on to the daemon.
+pub fn ensure(home: &Path, config_file: Option<&Path>) -> anyhow::Result<DaemonInfo> {
     if let Some(info) = running(home) {
         return Ok(info);
     }
@@ -68,8 +69,11 @@ pub fn ensure(home: &Path) -> anyhow::Result<DaemonInfo> {
     let exe = std::env::current_exe().context("cannot find the sandbox-host executable")?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log"))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["localbox", "--daemon"])
-        .env("SANDBOX_HOST_HOME", home)
+    cmd.args(["localbox", "--daemon"]);
+    if let Some(file) = config_file {
+        cmd.arg("--config").arg(file);
+    }
+    cmd.env("SANDBOX_HOST_HOME", home)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -136,17 +140,37 @@ pub async fn run(home: &Path, config: &Config) -> anyhow::Result<()> {
 /// Stops the daemon and waits for it to exit. Returns whether one was running.
 pub fn stop(home: &Path) -> anyhow::Result<bool> {
     let Some(info) = read_info(home) else { return Ok(false) };
-    // SAFETY: kill(2) with a pid read from our own state file.
+    // A stale state file may name a pid the system has since given to another program.
+    if !is_daemon_process(info.pid) {
+        let _ = std::fs::remove_file(state_file(home));
+        return Ok(false);
+    }
+    // SAFETY: kill(2) with a pid read from our own state file, checked to be our daemon.
     if unsafe { libc::kill(info.pid as i32, libc::SIGTERM) } != 0 {
         let _ = std::fs::remove_file(state_file(home));
         return Ok(false);
     }
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(15) {
-        if unsafe { libc::kill(info.pid as i32, 0) } != 0 {
+        if unsafe { libc::kill(info.pid as i32, 0) } != 0 || is_zombie(info.pid) {
             return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("the localbox daemon (pid {}) did not stop within 15 s", info.pid)
+}
+
+/// An exited process nobody reaped yet (the daemon is reparented when the CLI that started it
+/// exits; under an init that does not reap, `kill(pid, 0)` keeps succeeding).
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the parenthesized command name, which may itself contain ") ".
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+}
+
+/// Whether `pid` runs `… localbox --daemon` (checked before signalling it).
+fn is_daemon_process(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"localbox" && w[1] == b"--daemon")
 }

@@ -62,7 +62,7 @@ impl std::fmt::Debug for LoadedPlugin {
 /// Turns `.wasm` files into [`LoadedPlugin`]s under the operator's policy.
 pub struct Loader {
     pub runtime: Arc<Runtime>,
-    pub cache: CompileCache,
+    pub cache: Arc<CompileCache>,
     pub config: Arc<Config>,
     pub clients: Arc<ClientCache>,
     pub on_denied: Option<DenialHandler>,
@@ -92,11 +92,12 @@ impl Loader {
         let sha = sha256_hex(bytes);
         let runtime = self.runtime.clone();
         let (component, origin) = {
-            let engine = runtime.engine.clone();
-            let cache = &self.cache;
-            let sha = sha.clone();
+            let (engine, cache, sha, bytes) = (runtime.engine.clone(), self.cache.clone(), sha.clone(), bytes.to_vec());
             // Compilation is CPU-heavy: keep it off the async workers.
-            tokio::task::block_in_place(|| cache.load(&engine, bytes, &sha)).map_err(|e| load_err(path, format!("not a valid component: {e:#}")))?
+            tokio::task::spawn_blocking(move || cache.load(&engine, &bytes, &sha))
+                .await
+                .map_err(|e| load_err(path, e))?
+                .map_err(|e| load_err(path, format!("not a valid component: {e:#}")))?
         };
         check_contract(&runtime, &component).map_err(|r| load_err(path, r))?;
         let pre = runtime.linker.instantiate_pre(&component).map_err(|e| load_err(path, format!("{e:#}")))?;
