@@ -150,7 +150,10 @@ impl Source {
     pub fn resolve(&self) -> Result<Option<String>, ConfigError> {
         Ok(match self {
             Source::Literal(v) | Source::Value { value: v } => Some(v.clone()),
-            Source::Env { env, default, .. } => std::env::var(env).ok().filter(|v| !v.is_empty()).or_else(|| default.clone()),
+            Source::Env { env, default, .. } => std::env::var(env)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| default.clone()),
             Source::File { file, .. } => match std::fs::read_to_string(file) {
                 Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -225,9 +228,13 @@ impl LimitsConfig {
     fn resolve(&self) -> Limits {
         let d = Limits::default();
         Limits {
-            memory_bytes: self.memory_mb.map_or(d.memory_bytes, |m| (m as usize) << 20),
+            memory_bytes: self
+                .memory_mb
+                .map_or(d.memory_bytes, |m| (m as usize) << 20),
             cpu_budget: self.cpu_ms.map_or(d.cpu_budget, Duration::from_millis),
-            call_timeout: self.call_timeout_secs.map_or(d.call_timeout, Duration::from_secs),
+            call_timeout: self
+                .call_timeout_secs
+                .map_or(d.call_timeout, Duration::from_secs),
             response_bytes: self.response_mb.map_or(d.response_bytes, |m| m << 20),
             file_bytes: self.file_mb.map_or(d.file_bytes, |m| m << 20),
             max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent).max(1),
@@ -245,7 +252,10 @@ impl PluginConfig {
         };
         PluginConfig {
             allow: self.allow.clone().or_else(|| base.allow.clone()),
-            allow_from_settings: self.allow_from_settings.clone().or_else(|| base.allow_from_settings.clone()),
+            allow_from_settings: self
+                .allow_from_settings
+                .clone()
+                .or_else(|| base.allow_from_settings.clone()),
             h2c: self.h2c.clone().or_else(|| base.h2c.clone()),
             secrets: merge(&self.secrets, &base.secrets),
             settings: merge(&self.settings, &base.settings),
@@ -258,9 +268,11 @@ impl PluginConfig {
 
 /// The bundled presets, parsed once.
 pub fn presets() -> &'static BTreeMap<String, PluginConfig> {
-    static PRESETS: std::sync::OnceLock<BTreeMap<String, PluginConfig>> = std::sync::OnceLock::new();
+    static PRESETS: std::sync::OnceLock<BTreeMap<String, PluginConfig>> =
+        std::sync::OnceLock::new();
     PRESETS.get_or_init(|| {
-        let cfg: Config = toml::from_str(include_str!("presets.toml")).expect("bundled presets.toml is valid");
+        let cfg: Config =
+            toml::from_str(include_str!("presets.toml")).expect("bundled presets.toml is valid");
         cfg.plugins
     })
 }
@@ -291,7 +303,10 @@ impl Config {
 
     /// The limits in force for a plugin.
     pub fn limits(&self, name: &str) -> Limits {
-        self.plugin(name).limits.over(&self.defaults.limits).resolve()
+        self.plugin(name)
+            .limits
+            .over(&self.defaults.limits)
+            .resolve()
     }
 }
 
@@ -299,9 +314,15 @@ impl Config {
 pub fn effective_allowlist(cfg: &PluginConfig, settings: &BTreeMap<String, String>) -> Allowlist {
     let mut list = cfg.allow.clone().unwrap_or_default();
     for key in cfg.allow_from_settings.iter().flatten() {
-        let Some(value) = settings.get(key) else { continue };
-        let Ok(uri) = value.parse::<http::Uri>() else { continue };
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else { continue };
+        let Some(value) = settings.get(key) else {
+            continue;
+        };
+        let Ok(uri) = value.parse::<http::Uri>() else {
+            continue;
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            continue;
+        };
         if let Ok(entry) = format!("{scheme}://{authority}").parse() {
             list.push(entry);
         }
@@ -344,10 +365,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("key");
         std::fs::write(&f, "s3cret\n").unwrap();
-        assert_eq!(Source::File { file: f, hosts: None }.resolve().unwrap().as_deref(), Some("s3cret"));
-        let missing = Source::Env { env: "SANDBOX_HOST_TEST_UNSET_VAR".into(), default: Some("d".into()), hosts: None };
+        assert_eq!(
+            Source::File {
+                file: f,
+                hosts: None
+            }
+            .resolve()
+            .unwrap()
+            .as_deref(),
+            Some("s3cret")
+        );
+        let missing = Source::Env {
+            env: "SANDBOX_HOST_TEST_UNSET_VAR".into(),
+            default: Some("d".into()),
+            hosts: None,
+        };
         assert_eq!(missing.resolve().unwrap().as_deref(), Some("d"));
-        assert_eq!(missing.describe_redacted(), "env SANDBOX_HOST_TEST_UNSET_VAR");
+        assert_eq!(
+            missing.describe_redacted(),
+            "env SANDBOX_HOST_TEST_UNSET_VAR"
+        );
     }
 
     #[test]
@@ -358,8 +395,14 @@ mod tests {
 
     #[test]
     fn allow_from_settings_grants_the_origin_only() {
-        let cfg = PluginConfig { allow_from_settings: Some(vec!["api-url".into()]), ..Default::default() };
-        let settings = BTreeMap::from([("api-url".to_string(), "http://127.0.0.1:4010/api".to_string())]);
+        let cfg = PluginConfig {
+            allow_from_settings: Some(vec!["api-url".into()]),
+            ..Default::default()
+        };
+        let settings = BTreeMap::from([(
+            "api-url".to_string(),
+            "http://127.0.0.1:4010/api".to_string(),
+        )]);
         let list = effective_allowlist(&cfg, &settings);
         assert!(list.allows_uri(&"http://127.0.0.1:4010/api/sandbox".parse().unwrap()));
         assert!(!list.allows_uri(&"http://127.0.0.1:4011/".parse().unwrap()));

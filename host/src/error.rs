@@ -11,14 +11,24 @@ pub use crate::bindings::types::Error as ProviderError;
 pub enum Error {
     #[error("no provider plugin named {0:?} is loaded")]
     UnknownProvider(String),
-    #[error("sandbox {0:?} is not in the registry (`attach` registers a sandbox created elsewhere)")]
+    #[error(
+        "sandbox {0:?} is not in the registry (`attach` registers a sandbox created elsewhere)"
+    )]
     UnknownSandbox(String),
     #[error("sandbox id {id:?} is known under several providers ({providers}); name the provider")]
     AmbiguousSandbox { id: String, providers: String },
     #[error("{plugin}: {call}: {}", describe(error))]
-    Provider { plugin: String, call: &'static str, error: ProviderError },
+    Provider {
+        plugin: String,
+        call: &'static str,
+        error: ProviderError,
+    },
     #[error("{plugin}: {call}: {fault}")]
-    Plugin { plugin: String, call: &'static str, fault: PluginFault },
+    Plugin {
+        plugin: String,
+        call: &'static str,
+        fault: PluginFault,
+    },
     #[error("plugin {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -57,7 +67,8 @@ impl Error {
 
     /// Whether the provider said the thing does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self.provider_error(), Some(ProviderError::NotFound(_))) || matches!(self, Error::UnknownSandbox(_))
+        matches!(self.provider_error(), Some(ProviderError::NotFound(_)))
+            || matches!(self, Error::UnknownSandbox(_))
     }
 }
 
@@ -67,20 +78,22 @@ pub fn describe(e: &ProviderError) -> String {
     let mut s = String::new();
     let f = &mut s;
     let _ = match e {
-            ProviderError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
-            ProviderError::Forbidden(m) => write!(f, "forbidden: {m}"),
-            ProviderError::NotFound(m) => write!(f, "not found: {m}"),
-            ProviderError::Conflict(m) => write!(f, "conflict: {m}"),
-            ProviderError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
-            ProviderError::Unsupported(m) => write!(f, "unsupported: {m}"),
-            ProviderError::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
-            ProviderError::RateLimited(r) => match r.retry_after_ms {
-                Some(ms) => write!(f, "rate limited (retry after {ms} ms): {}", r.message),
-                None => write!(f, "rate limited: {}", r.message),
-            },
-            ProviderError::Unavailable(m) => write!(f, "unavailable: {m}"),
-            ProviderError::Timeout(m) => write!(f, "timeout: {m}"),
-            ProviderError::Provider(p) => write!(f, "provider error (HTTP {}): {}", p.status, p.message),
+        ProviderError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+        ProviderError::Forbidden(m) => write!(f, "forbidden: {m}"),
+        ProviderError::NotFound(m) => write!(f, "not found: {m}"),
+        ProviderError::Conflict(m) => write!(f, "conflict: {m}"),
+        ProviderError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+        ProviderError::Unsupported(m) => write!(f, "unsupported: {m}"),
+        ProviderError::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
+        ProviderError::RateLimited(r) => match r.retry_after_ms {
+            Some(ms) => write!(f, "rate limited (retry after {ms} ms): {}", r.message),
+            None => write!(f, "rate limited: {}", r.message),
+        },
+        ProviderError::Unavailable(m) => write!(f, "unavailable: {m}"),
+        ProviderError::Timeout(m) => write!(f, "timeout: {m}"),
+        ProviderError::Provider(p) => {
+            write!(f, "provider error (HTTP {}): {}", p.status, p.message)
+        }
     };
     s
 }

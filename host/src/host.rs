@@ -41,7 +41,9 @@ pub fn default_home() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(d).join("sandbox-host");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/sandbox-host")
 }
 
@@ -50,7 +52,10 @@ pub fn default_home() -> PathBuf {
 /// `target/plugins/`).
 pub fn default_plugin_dirs(home: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![home.join("plugins")];
-    if let Some(beside) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.join("plugins"))) {
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("plugins")))
+    {
         if beside.is_dir() && !dirs.contains(&beside) {
             dirs.push(beside);
         }
@@ -174,7 +179,11 @@ impl HostBuilder {
             (None, Some(path)) => Config::load(path, false)?,
             (None, None) => Config::load(&home.join("config.toml"), true)?,
         };
-        let state_dir = config.host.state_dir.clone().unwrap_or_else(|| home.clone());
+        let state_dir = config
+            .host
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| home.clone());
         let mut plugin_dirs = self.plugin_dirs;
         if plugin_dirs.is_empty() {
             plugin_dirs = match &config.host.plugins_dir {
@@ -182,8 +191,11 @@ impl HostBuilder {
                 None => default_plugin_dirs(&home),
             };
         }
-        let runtime = Arc::new(Runtime::new(&self.engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?);
-        let cache_dir = (!self.no_cache).then(|| self.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
+        let runtime = Arc::new(
+            Runtime::new(&self.engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?,
+        );
+        let cache_dir =
+            (!self.no_cache).then(|| self.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
         let fingerprint = runtime.fingerprint();
         let config = Arc::new(config);
         let loader = Loader {
@@ -200,7 +212,13 @@ impl HostBuilder {
                 tracing::debug!(dir = %dir.display(), "plugin directory does not exist");
                 continue;
             }
-            load_errors.extend(plugins.load_dir(dir).await.into_iter().map(|e| e.to_string()));
+            load_errors.extend(
+                plugins
+                    .load_dir(dir)
+                    .await
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
         }
         if self.hot_reload.or(config.host.hot_reload).unwrap_or(true) {
             for dir in plugin_dirs.iter().filter(|d| d.is_dir()) {
@@ -277,10 +295,19 @@ impl Host {
     }
 
     pub(crate) fn plugin(&self, name: &str) -> Result<Arc<LoadedPlugin>, Error> {
-        self.0.plugins.get(name).ok_or_else(|| Error::UnknownProvider(name.to_string()))
+        self.0
+            .plugins
+            .get(name)
+            .ok_or_else(|| Error::UnknownProvider(name.to_string()))
     }
 
-    pub(crate) fn emit_status(&self, provider: &str, sandbox_id: Option<&str>, status: RuntimeStatus, message: impl Into<String>) {
+    pub(crate) fn emit_status(
+        &self,
+        provider: &str,
+        sandbox_id: Option<&str>,
+        status: RuntimeStatus,
+        message: impl Into<String>,
+    ) {
         let _ = self.0.status.send(StatusEvent {
             provider: provider.to_string(),
             sandbox_id: sandbox_id.map(str::to_string),
@@ -292,7 +319,10 @@ impl Host {
     /// A handle to a loaded provider.
     pub fn provider(&self, name: &str) -> Result<Provider, Error> {
         self.plugin(name)?;
-        Ok(Provider { host: self.clone(), name: name.to_string() })
+        Ok(Provider {
+            host: self.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// A handle to a sandbox in the registry. `provider` disambiguates an id known under several.
@@ -303,16 +333,28 @@ impl Host {
         };
         match found.as_slice() {
             [] => Err(Error::UnknownSandbox(id.to_string())),
-            [one] => Ok(Sandbox { host: self.clone(), provider: one.provider.clone(), id: id.to_string() }),
+            [one] => Ok(Sandbox {
+                host: self.clone(),
+                provider: one.provider.clone(),
+                id: id.to_string(),
+            }),
             many => Err(Error::AmbiguousSandbox {
                 id: id.to_string(),
-                providers: many.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>().join(", "),
+                providers: many
+                    .iter()
+                    .map(|r| r.provider.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
 
     /// Sandbox records in the registry (no provider calls).
-    pub fn registered(&self, provider: Option<&str>, labels: &BTreeMap<String, String>) -> Result<Vec<crate::registry::SessionRecord>, Error> {
+    pub fn registered(
+        &self,
+        provider: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<crate::registry::SessionRecord>, Error> {
         self.0.store.list(provider, labels)
     }
 }

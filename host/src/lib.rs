@@ -8,8 +8,8 @@
 mod bindings;
 pub mod config;
 mod error;
-pub mod local;
 mod host;
+pub mod local;
 pub mod outbound;
 pub mod plugin;
 pub mod plugins;
@@ -23,7 +23,7 @@ pub use error::{describe as describe_provider_error, Error, PluginFault, Provide
 pub use host::{default_home, default_plugin_dirs, Host, HostBuilder, RuntimeStatus, StatusEvent};
 pub use plugin::runtime::EngineOptions;
 pub use plugin::state::OutputSink;
-pub use sandbox::{Provider, Sandbox, SandboxInfo};
+pub use sandbox::{state_name, Provider, Sandbox, SandboxInfo};
 
 /// The contract's types, as the host sees them.
 pub mod types {

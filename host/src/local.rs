@@ -20,18 +20,32 @@ pub fn default_root_dir(home: &Path) -> PathBuf {
 }
 
 /// The localbox engine configuration from `[localbox]`.
-pub fn engine_config(section: &LocalboxSection, home: &Path) -> Result<localbox::EngineConfig, Error> {
-    let root = section.root_dir.clone().unwrap_or_else(|| default_root_dir(home));
+pub fn engine_config(
+    section: &LocalboxSection,
+    home: &Path,
+) -> Result<localbox::EngineConfig, Error> {
+    let root = section
+        .root_dir
+        .clone()
+        .unwrap_or_else(|| default_root_dir(home));
     let mut cfg = localbox::EngineConfig::new(root);
     cfg.isolation = match section.isolation.as_deref().unwrap_or("bubblewrap") {
         "bubblewrap" | "bwrap" => localbox::Isolation::Bubblewrap,
         "none" => localbox::Isolation::None,
-        other => return Err(Error::InvalidArgument(format!("[localbox] isolation = {other:?}: expected \"bubblewrap\" or \"none\""))),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "[localbox] isolation = {other:?}: expected \"bubblewrap\" or \"none\""
+            )))
+        }
     };
     cfg.network = match section.network.as_deref().unwrap_or("shared") {
         "shared" => localbox::Network::Shared,
         "none" => localbox::Network::None,
-        other => return Err(Error::InvalidArgument(format!("[localbox] network = {other:?}: expected \"shared\" or \"none\""))),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "[localbox] network = {other:?}: expected \"shared\" or \"none\""
+            )))
+        }
     };
     if let Some(n) = section.max_processes {
         cfg.limits.nproc = Some(n);
@@ -42,7 +56,10 @@ pub fn engine_config(section: &LocalboxSection, home: &Path) -> Result<localbox:
 /// Whether the operator pointed the `local` plugin at a localbox of their own (env or config).
 pub fn operator_localbox(config: &Config) -> bool {
     let local = config.plugin("local");
-    local.settings.get("localbox-url").is_some_and(|s| s.resolve().ok().flatten().is_some())
+    local
+        .settings
+        .get("localbox-url")
+        .is_some_and(|s| s.resolve().ok().flatten().is_some())
 }
 
 /// Points the `local` plugin at `url` with `token`, unless the operator configured one.
@@ -51,6 +68,10 @@ pub fn configure_local_plugin(config: &mut Config, url: &str, token: &str) {
         return;
     }
     let section = config.plugins.entry("local".to_string()).or_default();
-    section.settings.insert("localbox-url".into(), Source::Literal(url.to_string()));
-    section.secrets.insert("localbox-token".into(), Source::Literal(token.to_string()));
+    section
+        .settings
+        .insert("localbox-url".into(), Source::Literal(url.to_string()));
+    section
+        .secrets
+        .insert("localbox-token".into(), Source::Literal(token.to_string()));
 }

@@ -17,10 +17,24 @@ use crate::plugin::{LoadedPlugin, Loader};
 /// What happened to a plugin file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PluginEvent {
-    Loaded { name: String, path: PathBuf, version: String },
-    Reloaded { name: String, path: PathBuf, version: String },
-    Unloaded { name: String, path: PathBuf },
-    Failed { path: PathBuf, error: String },
+    Loaded {
+        name: String,
+        path: PathBuf,
+        version: String,
+    },
+    Reloaded {
+        name: String,
+        path: PathBuf,
+        version: String,
+    },
+    Unloaded {
+        name: String,
+        path: PathBuf,
+    },
+    Failed {
+        path: PathBuf,
+        error: String,
+    },
 }
 
 #[derive(Default)]
@@ -40,7 +54,10 @@ pub struct PluginSet {
 }
 
 fn is_plugin_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "wasm") && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    path.extension().is_some_and(|e| e == "wasm")
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 impl PluginSet {
@@ -68,7 +85,14 @@ impl PluginSet {
 
     /// All loaded plugins, sorted by name.
     pub fn all(&self) -> Vec<Arc<LoadedPlugin>> {
-        let mut v: Vec<_> = self.loaded.read().unwrap().by_name.values().cloned().collect();
+        let mut v: Vec<_> = self
+            .loaded
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
     }
@@ -76,8 +100,16 @@ impl PluginSet {
     /// Loads every `*.wasm` in `dir`. A file that fails is reported and skipped.
     pub async fn load_dir(&self, dir: &Path) -> Vec<Error> {
         let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect(),
-            Err(e) => return vec![Error::Load { path: dir.to_path_buf(), reason: e.to_string() }],
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_plugin_file(p))
+                .collect(),
+            Err(e) => {
+                return vec![Error::Load {
+                    path: dir.to_path_buf(),
+                    reason: e.to_string(),
+                }]
+            }
         };
         paths.sort();
         let mut errors = vec![];
@@ -93,7 +125,15 @@ impl PluginSet {
     pub async fn load_path(&self, path: &Path) -> Result<Arc<LoadedPlugin>, Error> {
         let bytes = match tokio::fs::read(path).await {
             Ok(b) => b,
-            Err(e) => return Err(self.failed(path, Error::Load { path: path.to_path_buf(), reason: e.to_string() })),
+            Err(e) => {
+                return Err(self.failed(
+                    path,
+                    Error::Load {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    },
+                ))
+            }
         };
         // The watcher reports a file several times per change: same bytes, nothing to do.
         let sha = crate::plugin::cache::sha256_hex(&bytes);
@@ -104,7 +144,12 @@ impl PluginSet {
         let plugin = match result {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                let repeated = self.failed_sha.lock().unwrap().insert(path.to_path_buf(), sha.clone()) == Some(sha);
+                let repeated = self
+                    .failed_sha
+                    .lock()
+                    .unwrap()
+                    .insert(path.to_path_buf(), sha.clone())
+                    == Some(sha);
                 return Err(if repeated { e } else { self.failed(path, e) });
             }
         };
@@ -115,7 +160,10 @@ impl PluginSet {
             if let Some(other) = loaded.by_name.get(&name).filter(|o| o.path != path) {
                 let e = Error::Load {
                     path: path.to_path_buf(),
-                    reason: format!("plugin name {name:?} is already provided by {}", other.path.display()),
+                    reason: format!(
+                        "plugin name {name:?} is already provided by {}",
+                        other.path.display()
+                    ),
                 };
                 drop(loaded);
                 return Err(self.failed(path, e));
@@ -129,8 +177,16 @@ impl PluginSet {
             let previous = loaded.by_name.insert(name.clone(), plugin.clone());
             let version = plugin.info.version.clone();
             match previous {
-                Some(_) => PluginEvent::Reloaded { name, path: path.to_path_buf(), version },
-                None => PluginEvent::Loaded { name, path: path.to_path_buf(), version },
+                Some(_) => PluginEvent::Reloaded {
+                    name,
+                    path: path.to_path_buf(),
+                    version,
+                },
+                None => PluginEvent::Loaded {
+                    name,
+                    path: path.to_path_buf(),
+                    version,
+                },
             }
         };
         tracing::info!(?event, sha256 = %plugin.sha256, origin = ?plugin.origin, "plugin ready");
@@ -146,7 +202,10 @@ impl PluginSet {
     /// Logs and broadcasts a load failure; returns the error.
     fn failed(&self, path: &Path, e: Error) -> Error {
         tracing::error!("{e}");
-        let _ = self.events.send(PluginEvent::Failed { path: path.to_path_buf(), error: e.to_string() });
+        let _ = self.events.send(PluginEvent::Failed {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        });
         e
     }
 
@@ -157,7 +216,10 @@ impl PluginSet {
             loaded.by_name.remove(&name);
             drop(loaded);
             tracing::info!(plugin = %name, path = %path.display(), "plugin unloaded");
-            let _ = self.events.send(PluginEvent::Unloaded { name, path: path.to_path_buf() });
+            let _ = self.events.send(PluginEvent::Unloaded {
+                name,
+                path: path.to_path_buf(),
+            });
         }
     }
 
@@ -172,10 +234,16 @@ impl PluginSet {
                 }
             }
         })
-        .map_err(|e| Error::Load { path: dir.to_path_buf(), reason: format!("cannot watch: {e}") })?;
+        .map_err(|e| Error::Load {
+            path: dir.to_path_buf(),
+            reason: format!("cannot watch: {e}"),
+        })?;
         watcher
             .watch(dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| Error::Load { path: dir.to_path_buf(), reason: format!("cannot watch: {e}") })?;
+            .map_err(|e| Error::Load {
+                path: dir.to_path_buf(),
+                reason: format!("cannot watch: {e}"),
+            })?;
         *self.watcher.lock().unwrap() = Some(watcher);
         tokio::spawn(reload_loop(Arc::downgrade(self), rx));
         Ok(())

@@ -46,16 +46,28 @@ pub trait SessionStore: Send + Sync {
     /// Records with this sandbox id on any provider.
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error>;
     /// Records on `provider` (all when None) carrying all `labels`.
-    fn list(&self, provider: Option<&str>, labels: &BTreeMap<String, String>) -> Result<Vec<SessionRecord>, Error>;
+    fn list(
+        &self,
+        provider: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<SessionRecord>, Error>;
     fn set_token(&self, provider: &str, sandbox_id: &str, token: &str) -> Result<(), Error>;
     /// Sets the current state and appends it to the history.
-    fn set_state(&self, provider: &str, sandbox_id: &str, state: &str, detail: &str) -> Result<(), Error>;
+    fn set_state(
+        &self,
+        provider: &str,
+        sandbox_id: &str,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), Error>;
     fn history(&self, provider: &str, sandbox_id: &str) -> Result<Vec<StateChange>, Error>;
     fn remove(&self, provider: &str, sandbox_id: &str) -> Result<(), Error>;
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -97,7 +109,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it.
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Registry(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Registry(format!("{}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
         #[cfg(unix)]
@@ -106,8 +119,10 @@ impl SqliteStore {
             // Tokens are credentials: keep the file private.
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
         Self::migrate(conn)
     }
 
@@ -117,17 +132,25 @@ impl SqliteStore {
     }
 
     fn migrate(mut conn: Connection) -> Result<Self, Error> {
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
         if version > MIGRATIONS.len() {
-            return Err(Error::Registry(format!("database schema {version} is newer than this host ({})", MIGRATIONS.len())));
+            return Err(Error::Registry(format!(
+                "database schema {version} is newer than this host ({})",
+                MIGRATIONS.len()
+            )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(db_err)?;
             tx.execute_batch(sql).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 }
 
@@ -180,26 +203,45 @@ impl SessionStore for SqliteStore {
         self.conn
             .lock()
             .unwrap()
-            .query_row(&format!("SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"), params![provider, sandbox_id], row_to_record)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"),
+                params![provider, sandbox_id],
+                row_to_record,
+            )
             .optional()
             .map_err(db_err)
     }
 
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sessions WHERE sandbox_id = ?1 ORDER BY provider")).map_err(db_err)?;
-        let rows = stmt.query_map(params![sandbox_id], row_to_record).map_err(db_err)?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM sessions WHERE sandbox_id = ?1 ORDER BY provider"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![sandbox_id], row_to_record)
+            .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
-    fn list(&self, provider: Option<&str>, labels: &BTreeMap<String, String>) -> Result<Vec<SessionRecord>, Error> {
+    fn list(
+        &self,
+        provider: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
             .prepare(&format!("SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR provider = ?1) ORDER BY created_at_ms, sandbox_id"))
             .map_err(db_err)?;
-        let rows = stmt.query_map(params![provider], row_to_record).map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![provider], row_to_record)
+            .map_err(db_err)?;
         let all: Vec<SessionRecord> = rows.collect::<Result<_, _>>().map_err(db_err)?;
-        Ok(all.into_iter().filter(|r| labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))).collect())
+        Ok(all
+            .into_iter()
+            .filter(|r| labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            .collect())
     }
 
     fn set_token(&self, provider: &str, sandbox_id: &str, token: &str) -> Result<(), Error> {
@@ -214,7 +256,13 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    fn set_state(&self, provider: &str, sandbox_id: &str, state: &str, detail: &str) -> Result<(), Error> {
+    fn set_state(
+        &self,
+        provider: &str,
+        sandbox_id: &str,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), Error> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction().map_err(db_err)?;
         let now = now_ms();
@@ -234,7 +282,13 @@ impl SessionStore for SqliteStore {
             .prepare("SELECT state, detail, at_ms FROM state_history WHERE provider = ?1 AND sandbox_id = ?2 ORDER BY rowid")
             .map_err(db_err)?;
         let rows = stmt
-            .query_map(params![provider, sandbox_id], |r| Ok(StateChange { state: r.get(0)?, detail: r.get(1)?, at_ms: r.get(2)? }))
+            .query_map(params![provider, sandbox_id], |r| {
+                Ok(StateChange {
+                    state: r.get(0)?,
+                    detail: r.get(1)?,
+                    at_ms: r.get(2)?,
+                })
+            })
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
     }
@@ -242,8 +296,16 @@ impl SessionStore for SqliteStore {
     fn remove(&self, provider: &str, sandbox_id: &str) -> Result<(), Error> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction().map_err(db_err)?;
-        tx.execute("DELETE FROM sessions WHERE provider = ?1 AND sandbox_id = ?2", params![provider, sandbox_id]).map_err(db_err)?;
-        tx.execute("DELETE FROM state_history WHERE provider = ?1 AND sandbox_id = ?2", params![provider, sandbox_id]).map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM sessions WHERE provider = ?1 AND sandbox_id = ?2",
+            params![provider, sandbox_id],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM state_history WHERE provider = ?1 AND sandbox_id = ?2",
+            params![provider, sandbox_id],
+        )
+        .map_err(db_err)?;
         tx.commit().map_err(db_err)
     }
 }
@@ -258,7 +320,10 @@ mod tests {
             sandbox_id: id.into(),
             name: None,
             token: Some("t0".into()),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             workdir: "/w".into(),
             image: None,
             state: "running".into(),
@@ -298,7 +363,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         SqliteStore::open(&path).unwrap();
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         assert!(SqliteStore::open(&path).is_err());
     }
 }

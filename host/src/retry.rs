@@ -30,7 +30,10 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     pub fn none() -> Self {
-        RetryPolicy { attempts: 1, ..Default::default() }
+        RetryPolicy {
+            attempts: 1,
+            ..Default::default()
+        }
     }
 
     /// How long to wait before attempt `attempt + 1`, or None if the error is final.
@@ -52,7 +55,10 @@ impl RetryPolicy {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1 << attempt.min(16)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay);
         ceiling.mul_f64(rand::random::<f64>())
     }
 
@@ -68,7 +74,12 @@ impl RetryPolicy {
                 Ok(v) => return Ok(v),
                 Err(e) => match self.delay(attempt, &e) {
                     Some(d) => {
-                        tracing::info!(call = what, attempt = attempt + 1, delay_ms = d.as_millis() as u64, "retrying after: {e}");
+                        tracing::info!(
+                            call = what,
+                            attempt = attempt + 1,
+                            delay_ms = d.as_millis() as u64,
+                            "retrying after: {e}"
+                        );
                         tokio::time::sleep(d).await;
                         attempt += 1;
                     }
@@ -85,7 +96,11 @@ mod tests {
     use crate::bindings::types::RateLimit;
 
     fn provider(e: ProviderError) -> Error {
-        Error::Provider { plugin: "p".into(), call: "get", error: e }
+        Error::Provider {
+            plugin: "p".into(),
+            call: "get",
+            error: e,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -99,7 +114,10 @@ mod tests {
                 let k = n;
                 async move {
                     if k < 3 {
-                        Err(provider(ProviderError::RateLimited(RateLimit { retry_after_ms: Some(1500), message: "slow".into() })))
+                        Err(provider(ProviderError::RateLimited(RateLimit {
+                            retry_after_ms: Some(1500),
+                            message: "slow".into(),
+                        })))
                     } else {
                         Ok(k)
                     }
@@ -122,7 +140,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stops_after_the_attempt_limit() {
-        let policy = RetryPolicy { attempts: 3, ..Default::default() };
+        let policy = RetryPolicy {
+            attempts: 3,
+            ..Default::default()
+        };
         let mut calls = 0;
         let r: Result<(), _> = policy
             .run("get", || {
@@ -137,7 +158,10 @@ mod tests {
     #[test]
     fn a_too_long_retry_after_is_final() {
         let policy = RetryPolicy::default();
-        let e = provider(ProviderError::RateLimited(RateLimit { retry_after_ms: Some(3_600_000), message: String::new() }));
+        let e = provider(ProviderError::RateLimited(RateLimit {
+            retry_after_ms: Some(3_600_000),
+            message: String::new(),
+        }));
         assert_eq!(policy.delay(0, &e), None);
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use wasmtime::Store;
 
 use crate::bindings::types::{
-    Capabilities, Check, Endpoint, ExecRequest, ExecResult, FileStat, PluginInfo, ProcessInfo, OutputChunk, SandboxRef,
-    SandboxState, Spec,
+    Capabilities, Check, Endpoint, ExecRequest, ExecResult, FileStat, OutputChunk, PluginInfo,
+    ProcessInfo, SandboxRef, SandboxState, Spec,
 };
 use crate::bindings::Guest;
 use crate::error::{Error, ProviderError};
@@ -35,7 +35,8 @@ pub struct Provider {
     pub(crate) name: String,
 }
 
-fn state_name(s: SandboxState) -> &'static str {
+/// The lowercase name of a state, as the registry, the CLI and JSON use it.
+pub fn state_name(s: SandboxState) -> &'static str {
     match s {
         SandboxState::Starting => "starting",
         SandboxState::Running => "running",
@@ -61,30 +62,54 @@ impl Provider {
         &self,
         call: &'static str,
         idempotent: bool,
-        f: impl for<'a> Fn(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, Result<R, ProviderError>> + Send + Sync,
+        f: impl for<'a> Fn(
+                &'a Guest,
+                &'a mut Store<CallState>,
+            ) -> CallFuture<'a, Result<R, ProviderError>>
+            + Send
+            + Sync,
     ) -> Result<R, Error> {
-        let policy = if idempotent { self.host.0.retry.clone() } else { RetryPolicy::none() };
+        let policy = if idempotent {
+            self.host.0.retry.clone()
+        } else {
+            RetryPolicy::none()
+        };
         policy
             .run(call, || async {
                 let plugin = self.host.plugin(&self.name)?;
-                let (result, _) = plugin.call(call, None, Duration::ZERO, |g, s| f(g, s)).await?;
-                result.map_err(|error| Error::Provider { plugin: self.name.clone(), call, error })
+                let (result, _) = plugin
+                    .call(call, None, Duration::ZERO, |g, s| f(g, s))
+                    .await?;
+                result.map_err(|error| Error::Provider {
+                    plugin: self.name.clone(),
+                    call,
+                    error,
+                })
             })
             .await
     }
 
     /// Checks credentials and settings without creating anything.
     pub async fn preflight(&self) -> Result<Vec<Check>, Error> {
-        self.invoke("preflight", true, |g, s| Box::pin(g.call_preflight(s))).await
+        self.invoke("preflight", true, |g, s| Box::pin(g.call_preflight(s)))
+            .await
     }
 
     /// Creates a sandbox and records it in the registry.
     pub async fn create(&self, spec: Spec) -> Result<Sandbox, Error> {
         let plugin = self.host.plugin(&self.name)?;
-        let idempotent = plugin.info.capabilities.contains(Capabilities::IDEMPOTENT_CREATE);
+        let idempotent = plugin
+            .info
+            .capabilities
+            .contains(Capabilities::IDEMPOTENT_CREATE);
         drop(plugin);
         let key = uuid::Uuid::new_v4().to_string();
-        self.host.emit_status(&self.name, None, RuntimeStatus::Starting, "creating sandbox");
+        self.host.emit_status(
+            &self.name,
+            None,
+            RuntimeStatus::Starting,
+            "creating sandbox",
+        );
         let created = self
             .invoke("create", idempotent, |g, s| {
                 let (spec, key) = (spec.clone(), key.clone());
@@ -94,19 +119,33 @@ impl Provider {
         let info = match created {
             Ok(info) => info,
             Err(e) => {
-                self.host.emit_status(&self.name, None, RuntimeStatus::Error, e.to_string());
+                self.host
+                    .emit_status(&self.name, None, RuntimeStatus::Error, e.to_string());
                 return Err(e);
             }
         };
-        self.host.emit_status(&self.name, Some(&info.id), RuntimeStatus::Started, "sandbox created");
+        self.host.emit_status(
+            &self.name,
+            Some(&info.id),
+            RuntimeStatus::Started,
+            "sandbox created",
+        );
         let sandbox = self.record(&info, "created")?;
-        self.host.emit_status(&self.name, Some(&info.id), RuntimeStatus::Ready, "sandbox ready");
+        self.host.emit_status(
+            &self.name,
+            Some(&info.id),
+            RuntimeStatus::Ready,
+            "sandbox ready",
+        );
         Ok(sandbox)
     }
 
     /// Registers a sandbox that exists on the provider (created elsewhere, or found by `list`).
     pub async fn attach(&self, id: &str) -> Result<Sandbox, Error> {
-        let sref = SandboxRef { id: id.to_string(), token: None };
+        let sref = SandboxRef {
+            id: id.to_string(),
+            token: None,
+        };
         let info = self
             .invoke("get", true, |g, s| {
                 let sref = sref.clone();
@@ -133,7 +172,11 @@ impl Provider {
             updated_at_ms: now,
         })?;
         store.set_state(&self.name, &info.id, state_name(info.state), detail)?;
-        Ok(Sandbox { host: self.host.clone(), provider: self.name.clone(), id: info.id.clone() })
+        Ok(Sandbox {
+            host: self.host.clone(),
+            provider: self.name.clone(),
+            id: info.id.clone(),
+        })
     }
 
     /// Sandboxes on the provider carrying all `labels` (asks the provider, not the registry).
@@ -172,7 +215,11 @@ impl Sandbox {
 
     /// The registry's record (token included).
     pub fn record(&self) -> Result<SessionRecord, Error> {
-        self.host.0.store.get(&self.provider, &self.id)?.ok_or_else(|| Error::UnknownSandbox(self.id.clone()))
+        self.host
+            .0
+            .store
+            .get(&self.provider, &self.id)?
+            .ok_or_else(|| Error::UnknownSandbox(self.id.clone()))
     }
 
     /// Runs a sandbox-scoped call with the latest token; persists a refreshed one.
@@ -182,41 +229,85 @@ impl Sandbox {
         idempotent: bool,
         sink: Option<OutputSink>,
         extra_time: Duration,
-        f: impl for<'a> Fn(&'a Guest, &'a mut Store<CallState>, SandboxRef) -> CallFuture<'a, Result<R, ProviderError>> + Send + Sync,
+        f: impl for<'a> Fn(
+                &'a Guest,
+                &'a mut Store<CallState>,
+                SandboxRef,
+            ) -> CallFuture<'a, Result<R, ProviderError>>
+            + Send
+            + Sync,
     ) -> Result<R, Error> {
-        let policy = if idempotent { self.host.0.retry.clone() } else { RetryPolicy::none() };
+        let policy = if idempotent {
+            self.host.0.retry.clone()
+        } else {
+            RetryPolicy::none()
+        };
         let sink = Mutex::new(sink);
         let result = policy
             .run(call, || async {
                 let plugin = self.host.plugin(&self.provider)?;
-                let sref = SandboxRef { id: self.id.clone(), token: self.record()?.token };
+                let sref = SandboxRef {
+                    id: self.id.clone(),
+                    token: self.record()?.token,
+                };
                 let sink = sink.lock().unwrap().take();
-                let (result, refreshed) = plugin.call(call, sink, extra_time, |g, s| f(g, s, sref)).await?;
+                let (result, refreshed) = plugin
+                    .call(call, sink, extra_time, |g, s| f(g, s, sref))
+                    .await?;
                 if let Some(token) = refreshed {
-                    self.host.0.store.set_token(&self.provider, &self.id, &token)?;
+                    self.host
+                        .0
+                        .store
+                        .set_token(&self.provider, &self.id, &token)?;
                 }
-                result.map_err(|error| Error::Provider { plugin: self.provider.clone(), call, error })
+                result.map_err(|error| Error::Provider {
+                    plugin: self.provider.clone(),
+                    call,
+                    error,
+                })
             })
             .await;
-        if let Err(Error::Provider { error: ProviderError::Unavailable(m), .. }) = &result {
-            self.host.emit_status(&self.provider, Some(&self.id), RuntimeStatus::Disconnected, m.clone());
+        if let Err(Error::Provider {
+            error: ProviderError::Unavailable(m),
+            ..
+        }) = &result
+        {
+            self.host.emit_status(
+                &self.provider,
+                Some(&self.id),
+                RuntimeStatus::Disconnected,
+                m.clone(),
+            );
         }
         result
     }
 
     /// The provider's current view of the sandbox; updates the registry's state.
     pub async fn info(&self) -> Result<SandboxInfo, Error> {
-        let info = self.invoke("get", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_get(s, &r).await })).await?;
+        let info = self
+            .invoke("get", true, None, Duration::ZERO, |g, s, r| {
+                Box::pin(async move { g.call_get(s, &r).await })
+            })
+            .await?;
         let state = state_name(info.state);
         if self.record()?.state != state {
-            self.host.0.store.set_state(&self.provider, &self.id, state, "observed")?;
+            self.host
+                .0
+                .store
+                .set_state(&self.provider, &self.id, state, "observed")?;
         }
         Ok(info)
     }
 
     /// Runs a command to completion. `on_output` receives output while it runs.
-    pub async fn exec(&self, request: ExecRequest, on_output: Option<OutputSink>) -> Result<ExecResult, Error> {
-        let extra = request.timeout_ms.map_or(Duration::ZERO, |ms| Duration::from_millis(ms) + EXEC_GRACE);
+    pub async fn exec(
+        &self,
+        request: ExecRequest,
+        on_output: Option<OutputSink>,
+    ) -> Result<ExecResult, Error> {
+        let extra = request
+            .timeout_ms
+            .map_or(Duration::ZERO, |ms| Duration::from_millis(ms) + EXEC_GRACE);
         self.invoke("exec", false, on_output, extra, |g, s, r| {
             let request = request.clone();
             Box::pin(async move { g.call_exec(s, &r, &request).await })
@@ -234,8 +325,10 @@ impl Sandbox {
     }
 
     pub async fn processes(&self) -> Result<Vec<ProcessInfo>, Error> {
-        self.invoke("list-processes", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_list_processes(s, &r).await }))
-            .await
+        self.invoke("list-processes", true, None, Duration::ZERO, |g, s, r| {
+            Box::pin(async move { g.call_list_processes(s, &r).await })
+        })
+        .await
     }
 
     pub async fn process_status(&self, pid: &str) -> Result<ProcessInfo, Error> {
@@ -248,11 +341,19 @@ impl Sandbox {
     }
 
     /// Output of a background process from the given offsets on.
-    pub async fn process_output(&self, pid: &str, stdout_offset: u64, stderr_offset: u64) -> Result<OutputChunk, Error> {
+    pub async fn process_output(
+        &self,
+        pid: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<OutputChunk, Error> {
         let pid = pid.to_string();
         self.invoke("process-output", true, None, Duration::ZERO, |g, s, r| {
             let pid = pid.clone();
-            Box::pin(async move { g.call_process_output(s, &r, &pid, stdout_offset, stderr_offset).await })
+            Box::pin(async move {
+                g.call_process_output(s, &r, &pid, stdout_offset, stderr_offset)
+                    .await
+            })
         })
         .await
     }
@@ -280,15 +381,27 @@ impl Sandbox {
             .await?;
         let cap = self.file_cap()?;
         if data.len() as u64 > cap {
-            return Err(Error::InvalidArgument(format!("file is larger than the {} MiB file limit", cap >> 20)));
+            return Err(Error::InvalidArgument(format!(
+                "file is larger than the {} MiB file limit",
+                cap >> 20
+            )));
         }
         Ok(data)
     }
 
-    pub async fn write_file(&self, path: &str, data: Vec<u8>, mode: Option<u32>) -> Result<(), Error> {
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        mode: Option<u32>,
+    ) -> Result<(), Error> {
         let cap = self.file_cap()?;
         if data.len() as u64 > cap {
-            return Err(Error::InvalidArgument(format!("{} bytes is more than the {} MiB file limit", data.len(), cap >> 20)));
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes is more than the {} MiB file limit",
+                data.len(),
+                cap >> 20
+            )));
         }
         let path = path.to_string();
         let data = std::sync::Arc::new(data);
@@ -337,37 +450,68 @@ impl Sandbox {
 
     /// A URL (and headers) that reaches `port` inside the sandbox.
     pub async fn port_url(&self, port: u16) -> Result<Endpoint, Error> {
-        self.invoke("port-url", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_port_url(s, &r, port).await })).await
+        self.invoke("port-url", true, None, Duration::ZERO, |g, s, r| {
+            Box::pin(async move { g.call_port_url(s, &r, port).await })
+        })
+        .await
     }
 
     pub async fn pause(&self) -> Result<(), Error> {
-        self.invoke("pause", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_pause(s, &r).await })).await?;
-        self.host.0.store.set_state(&self.provider, &self.id, "paused", "paused")
+        self.invoke("pause", true, None, Duration::ZERO, |g, s, r| {
+            Box::pin(async move { g.call_pause(s, &r).await })
+        })
+        .await?;
+        self.host
+            .0
+            .store
+            .set_state(&self.provider, &self.id, "paused", "paused")
     }
 
     pub async fn resume(&self) -> Result<SandboxInfo, Error> {
-        let info = self.invoke("resume", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_resume(s, &r).await })).await?;
+        let info = self
+            .invoke("resume", true, None, Duration::ZERO, |g, s, r| {
+                Box::pin(async move { g.call_resume(s, &r).await })
+            })
+            .await?;
         if let Some(token) = &info.token {
-            self.host.0.store.set_token(&self.provider, &self.id, token)?;
+            self.host
+                .0
+                .store
+                .set_token(&self.provider, &self.id, token)?;
         }
-        self.host.0.store.set_state(&self.provider, &self.id, state_name(info.state), "resumed")?;
+        self.host
+            .0
+            .store
+            .set_state(&self.provider, &self.id, state_name(info.state), "resumed")?;
         Ok(info)
     }
 
     /// Seconds from now until the provider may stop the sandbox.
     pub async fn set_timeout(&self, seconds: u64) -> Result<(), Error> {
-        self.invoke("set-timeout", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_set_timeout(s, &r, seconds).await }))
-            .await
+        self.invoke("set-timeout", true, None, Duration::ZERO, |g, s, r| {
+            Box::pin(async move { g.call_set_timeout(s, &r, seconds).await })
+        })
+        .await
     }
 
     /// Destroys the sandbox and forgets it. A sandbox the provider no longer knows is forgotten too.
     pub async fn destroy(&self) -> Result<(), Error> {
-        match self.invoke("destroy", true, None, Duration::ZERO, |g, s, r| Box::pin(async move { g.call_destroy(s, &r).await })).await {
+        match self
+            .invoke("destroy", true, None, Duration::ZERO, |g, s, r| {
+                Box::pin(async move { g.call_destroy(s, &r).await })
+            })
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
-        self.host.emit_status(&self.provider, Some(&self.id), RuntimeStatus::Disconnected, "destroyed");
+        self.host.emit_status(
+            &self.provider,
+            Some(&self.id),
+            RuntimeStatus::Disconnected,
+            "destroyed",
+        );
         self.host.0.store.remove(&self.provider, &self.id)
     }
 }

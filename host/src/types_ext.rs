@@ -33,6 +33,12 @@ impl ExecRequest {
     }
 
     fn new(command: Command) -> Self {
-        ExecRequest { command, cwd: None, env: vec![], timeout_ms: None, stdin: None }
+        ExecRequest {
+            command,
+            cwd: None,
+            env: vec![],
+            timeout_ms: None,
+            stdin: None,
+        }
     }
 }

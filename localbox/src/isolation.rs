@@ -182,7 +182,8 @@ fn system_mount_args(extra: &[PathBuf]) -> Vec<OsString> {
     a
 }
 
-fn find_bwrap() -> Option<PathBuf> {
+/// Where bubblewrap is: `PATH`, then the usual directories.
+pub fn find_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(

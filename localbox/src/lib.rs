@@ -39,6 +39,7 @@ pub use config::{EngineConfig, Isolation, Limits, Network};
 pub use engine::{Activity, Engine};
 pub use error::{Error, ErrorCode, Result};
 pub use files::{FileKind, FileStat};
+pub use isolation::find_bwrap;
 pub use process::{
     CommandSpec, ExecEvent, ExecOutput, ExecRequest, ExecStream, Stream, TAIL_BYTES,
     TIMEOUT_EXIT_CODE,

@@ -93,11 +93,11 @@ pub async fn serve_with_shutdown(
         .await
 }
 
-/// Runs a standalone localbox: opens the engine, listens on `addr`, stops on Ctrl-C (or after
+/// Runs a standalone localbox: opens the engine, serves on `listener`, stops on Ctrl-C (or after
 /// `idle_exit` without sandboxes and requests, if given), then kills running commands. The
 /// sandboxes stay on disk for the next start.
 pub async fn run_standalone(
-    addr: SocketAddr,
+    listener: TcpListener,
     engine_config: EngineConfig,
     server_config: ServerConfig,
     idle_exit: Option<std::time::Duration>,
@@ -107,7 +107,6 @@ pub async fn run_standalone(
         "localbox: an API token is required"
     );
     let engine = Engine::new(engine_config)?;
-    let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "localbox listening");
     let idle_engine = engine.clone();
     let stop = async move {

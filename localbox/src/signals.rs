@@ -61,7 +61,9 @@ pub(crate) fn pids_of_uid(uid: u32) -> Vec<i32> {
             .collect();
         // A zombie holds nothing and cannot be killed; it waits for its parent (often the
         // machine's init, which may be slow) to reap it. Counting it would stall destroy.
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l[6..].trim_start().starts_with('Z'));
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l[6..].trim_start().starts_with('Z'));
         if ids.contains(&uid) && !zombie {
             out.push(pid);
         }

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
-use sandbox_host::types::{Capabilities, Endpoint, ExecRequest, ExecResult, FileKind, OutputStream, SandboxState, Spec};
+use sandbox_host::types::{
+    Capabilities, Endpoint, ExecRequest, ExecResult, FileKind, OutputStream, SandboxState, Spec,
+};
 use sandbox_host::{Provider, ProviderError, Sandbox};
 
 /// The label key marking the suite's sandboxes.
@@ -52,7 +54,13 @@ pub struct Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total: Duration = self.steps.iter().map(|(_, d)| *d).sum();
-        writeln!(f, "conformance of `{}`: {} steps passed in {:.2?}", self.provider, self.steps.len(), total)?;
+        writeln!(
+            f,
+            "conformance of `{}`: {} steps passed in {:.2?}",
+            self.provider,
+            self.steps.len(),
+            total
+        )?;
         for (name, d) in &self.steps {
             writeln!(f, "  ok   {name:<28} {d:>10.2?}")?;
         }
@@ -68,7 +76,11 @@ impl fmt::Display for Report {
 
 impl Report {
     /// Runs one step under [`STEP_LIMIT`], recording its time; failures carry the step's name.
-    async fn step<T>(&mut self, name: &str, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    async fn step<T>(
+        &mut self,
+        name: &str,
+        fut: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
         let started = Instant::now();
         let out = tokio::time::timeout(STEP_LIMIT, fut)
             .await
@@ -87,14 +99,19 @@ impl Report {
 /// Runs the whole suite against `provider`, exercising the optional parts `caps` declares
 /// (normally `provider.info()?.capabilities`).
 pub async fn run_conformance(provider: &Provider, caps: Capabilities) -> anyhow::Result<Report> {
-    let mut report = Report { provider: provider.name().to_string(), ..Default::default() };
+    let mut report = Report {
+        provider: provider.name().to_string(),
+        ..Default::default()
+    };
     let run_id = format!("run-{}", crate::localbox_support::random_hex(6));
     let spec = Spec {
         labels: vec![(LABEL.into(), run_id.clone())],
         env: vec![("CONFORMANCE_SPEC_ENV".into(), "from-spec".into())],
         ..Spec::default()
     };
-    let sandbox = report.step("create", async { Ok(provider.create(spec).await?) }).await?;
+    let sandbox = report
+        .step("create", async { Ok(provider.create(spec).await?) })
+        .await?;
     let result = scenario(provider, &sandbox, caps, &run_id, &mut report).await;
     if result.is_err() {
         let _ = sandbox.destroy().await;
@@ -102,20 +119,42 @@ pub async fn run_conformance(provider: &Provider, caps: Capabilities) -> anyhow:
     result.map(|()| report)
 }
 
-async fn scenario(provider: &Provider, sandbox: &Sandbox, caps: Capabilities, run_id: &str, report: &mut Report) -> anyhow::Result<()> {
+async fn scenario(
+    provider: &Provider,
+    sandbox: &Sandbox,
+    caps: Capabilities,
+    run_id: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let workdir = report
         .step("get", async {
             let info = sandbox.info().await?;
             ensure!(info.id == sandbox.id(), "get returned id {:?}", info.id);
-            ensure!(info.state == SandboxState::Running, "state {:?} after create", info.state);
-            ensure!(info.labels.contains(&(LABEL.into(), run_id.into())), "labels {:?} lack ours", info.labels);
-            ensure!(info.workdir.starts_with('/'), "workdir {:?} is not absolute", info.workdir);
+            ensure!(
+                info.state == SandboxState::Running,
+                "state {:?} after create",
+                info.state
+            );
+            ensure!(
+                info.labels.contains(&(LABEL.into(), run_id.into())),
+                "labels {:?} lack ours",
+                info.labels
+            );
+            ensure!(
+                info.workdir.starts_with('/'),
+                "workdir {:?} is not absolute",
+                info.workdir
+            );
             Ok(info.workdir)
         })
         .await?;
 
-    report.step("exec: streams and exit code", exec_basics(sandbox)).await?;
-    report.step("exec: env and cwd", exec_env_cwd(sandbox, &workdir)).await?;
+    report
+        .step("exec: streams and exit code", exec_basics(sandbox))
+        .await?;
+    report
+        .step("exec: env and cwd", exec_env_cwd(sandbox, &workdir))
+        .await?;
     if caps.contains(Capabilities::STDIN) {
         report.step("exec: stdin", exec_stdin(sandbox)).await?;
     } else {
@@ -123,37 +162,57 @@ async fn scenario(provider: &Provider, sandbox: &Sandbox, caps: Capabilities, ru
     }
     report.step("exec: timeout", exec_timeout(sandbox)).await?;
     if caps.contains(Capabilities::STREAMING) {
-        let note = report.step("exec: output while running", exec_streaming(sandbox)).await?;
+        let note = report
+            .step("exec: output while running", exec_streaming(sandbox))
+            .await?;
         report.notes.push(note);
     } else {
         report.skip("exec: output while running");
     }
     if caps.contains(Capabilities::BACKGROUND) {
-        report.step("background processes", background(sandbox)).await?;
+        report
+            .step("background processes", background(sandbox))
+            .await?;
     } else {
         report.skip("background processes");
     }
     if caps.contains(Capabilities::BACKGROUND) && caps.contains(Capabilities::PORTS) {
-        let note = report.step("port-url reaches a server", ports(sandbox)).await?;
+        let note = report
+            .step("port-url reaches a server", ports(sandbox))
+            .await?;
         report.notes.push(note);
     } else {
         report.skip("port-url reaches a server");
     }
     if caps.contains(Capabilities::FILES) {
-        report.step("files: small, binary, mode", files_small(sandbox, &workdir)).await?;
-        let note = report.step("files: 10 MiB round trip", files_big(sandbox)).await?;
+        report
+            .step("files: small, binary, mode", files_small(sandbox, &workdir))
+            .await?;
+        let note = report
+            .step("files: 10 MiB round trip", files_big(sandbox))
+            .await?;
         report.notes.push(note);
-        report.step("files: dirs, stat, remove", files_dirs(sandbox)).await?;
+        report
+            .step("files: dirs, stat, remove", files_dirs(sandbox))
+            .await?;
     } else {
         report.skip("files");
     }
-    report.step("list by labels", list_by_labels(provider, sandbox, run_id, caps)).await?;
+    report
+        .step(
+            "list by labels",
+            list_by_labels(provider, sandbox, run_id, caps),
+        )
+        .await?;
     if caps.contains(Capabilities::SET_TIMEOUT) {
         report
             .step("set-timeout", async {
                 sandbox.set_timeout(3600).await?;
                 let state = sandbox.info().await?.state;
-                ensure!(state == SandboxState::Running, "state {state:?} after set-timeout");
+                ensure!(
+                    state == SandboxState::Running,
+                    "state {state:?} after set-timeout"
+                );
                 Ok(())
             })
             .await?;
@@ -161,7 +220,9 @@ async fn scenario(provider: &Provider, sandbox: &Sandbox, caps: Capabilities, ru
         report.skip("set-timeout");
     }
     if caps.contains(Capabilities::PAUSE_RESUME) {
-        report.step("pause and resume", pause_resume(sandbox, caps)).await?;
+        report
+            .step("pause and resume", pause_resume(sandbox, caps))
+            .await?;
     } else {
         report.skip("pause and resume");
     }
@@ -190,7 +251,11 @@ struct Captured {
 
 impl Captured {
     fn streamed(&self, stream: OutputStream) -> Vec<u8> {
-        self.chunks.iter().filter(|(_, s, _)| *s == stream).flat_map(|(_, _, b)| b.clone()).collect()
+        self.chunks
+            .iter()
+            .filter(|(_, s, _)| *s == stream)
+            .flat_map(|(_, _, b)| b.clone())
+            .collect()
     }
     fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.result.stdout_tail).into_owned()
@@ -200,8 +265,14 @@ impl Captured {
     }
     /// Streamed output must be what the tails say (outputs here are far below any tail size).
     fn check_stream_matches_tail(&self) -> anyhow::Result<()> {
-        ensure!(self.streamed(OutputStream::Stdout) == self.result.stdout_tail, "streamed stdout differs from stdout-tail");
-        ensure!(self.streamed(OutputStream::Stderr) == self.result.stderr_tail, "streamed stderr differs from stderr-tail");
+        ensure!(
+            self.streamed(OutputStream::Stdout) == self.result.stdout_tail,
+            "streamed stdout differs from stdout-tail"
+        );
+        ensure!(
+            self.streamed(OutputStream::Stderr) == self.result.stderr_tail,
+            "streamed stderr differs from stderr-tail"
+        );
         Ok(())
     }
 }
@@ -213,12 +284,20 @@ async fn run(sandbox: &Sandbox, request: ExecRequest) -> anyhow::Result<Captured
     let result = sandbox
         .exec(
             request,
-            Some(Box::new(move |stream, bytes: &[u8]| sink.lock().unwrap().push((started.elapsed(), stream, bytes.to_vec())))),
+            Some(Box::new(move |stream, bytes: &[u8]| {
+                sink.lock()
+                    .unwrap()
+                    .push((started.elapsed(), stream, bytes.to_vec()))
+            })),
         )
         .await?;
     let elapsed = started.elapsed();
     let chunks = std::mem::take(&mut *chunks.lock().unwrap());
-    Ok(Captured { result, chunks, elapsed })
+    Ok(Captured {
+        result,
+        chunks,
+        elapsed,
+    })
 }
 
 async fn sh(sandbox: &Sandbox, script: &str) -> anyhow::Result<Captured> {
@@ -228,47 +307,94 @@ async fn sh(sandbox: &Sandbox, script: &str) -> anyhow::Result<Captured> {
 /// Runs `script` and requires exit code 0; returns stdout.
 async fn sh_ok(sandbox: &Sandbox, script: &str) -> anyhow::Result<String> {
     let c = sh(sandbox, script).await?;
-    ensure!(c.result.exit_code == 0, "`{script}` exited {}: {}", c.result.exit_code, c.stderr());
+    ensure!(
+        c.result.exit_code == 0,
+        "`{script}` exited {}: {}",
+        c.result.exit_code,
+        c.stderr()
+    );
     Ok(c.stdout())
 }
 
 async fn exec_basics(sandbox: &Sandbox) -> anyhow::Result<()> {
-    let c = sh(sandbox, "printf 'to out\\n'; printf 'to err\\n' >&2; exit 3").await?;
-    ensure!(c.result.exit_code == 3, "exit code {} (expected 3)", c.result.exit_code);
+    let c = sh(
+        sandbox,
+        "printf 'to out\\n'; printf 'to err\\n' >&2; exit 3",
+    )
+    .await?;
+    ensure!(
+        c.result.exit_code == 3,
+        "exit code {} (expected 3)",
+        c.result.exit_code
+    );
     ensure!(!c.result.timed_out, "timed-out set on a quick command");
     ensure!(c.stdout() == "to out\n", "stdout {:?}", c.stdout());
     ensure!(c.stderr() == "to err\n", "stderr {:?}", c.stderr());
     c.check_stream_matches_tail()?;
 
     // argv words reach the program as they are: no shell splitting or expansion.
-    let c = run(sandbox, ExecRequest::argv(["printf", "%s|%s|%s", "a b", "it's", "$HOME"])).await?;
-    ensure!(c.result.exit_code == 0, "argv printf exited {}: {}", c.result.exit_code, c.stderr());
-    ensure!(c.stdout() == "a b|it's|$HOME", "argv stdout {:?}", c.stdout());
+    let c = run(
+        sandbox,
+        ExecRequest::argv(["printf", "%s|%s|%s", "a b", "it's", "$HOME"]),
+    )
+    .await?;
+    ensure!(
+        c.result.exit_code == 0,
+        "argv printf exited {}: {}",
+        c.result.exit_code,
+        c.stderr()
+    );
+    ensure!(
+        c.stdout() == "a b|it's|$HOME",
+        "argv stdout {:?}",
+        c.stdout()
+    );
 
     // Binary output survives the transport.
     let c = sh(sandbox, "printf '\\000\\001\\377\\376'").await?;
-    ensure!(c.result.stdout_tail == [0, 1, 255, 254], "binary stdout {:?}", c.result.stdout_tail);
+    ensure!(
+        c.result.stdout_tail == [0, 1, 255, 254],
+        "binary stdout {:?}",
+        c.result.stdout_tail
+    );
     c.check_stream_matches_tail()
 }
 
 async fn exec_env_cwd(sandbox: &Sandbox, workdir: &str) -> anyhow::Result<()> {
-    let mut req = ExecRequest::shell("printf '%s %s' \"$CONFORMANCE_VAR\" \"$CONFORMANCE_SPEC_ENV\"");
+    let mut req =
+        ExecRequest::shell("printf '%s %s' \"$CONFORMANCE_VAR\" \"$CONFORMANCE_SPEC_ENV\"");
     req.env = vec![("CONFORMANCE_VAR".into(), "hello world".into())];
     let c = run(sandbox, req).await?;
-    ensure!(c.stdout() == "hello world from-spec", "env: stdout {:?} (request env, then spec env)", c.stdout());
+    ensure!(
+        c.stdout() == "hello world from-spec",
+        "env: stdout {:?} (request env, then spec env)",
+        c.stdout()
+    );
 
     let pwd = sh_ok(sandbox, "pwd").await?;
-    ensure!(pwd.trim_end() == workdir, "default cwd {:?}, workdir {workdir:?}", pwd.trim_end());
+    ensure!(
+        pwd.trim_end() == workdir,
+        "default cwd {:?}, workdir {workdir:?}",
+        pwd.trim_end()
+    );
     sh_ok(sandbox, "mkdir -p conformance-cwd/inner").await?;
     let mut req = ExecRequest::shell("pwd");
     req.cwd = Some("conformance-cwd/inner".into());
     let c = run(sandbox, req).await?;
     let expected = format!("{}/conformance-cwd/inner", workdir.trim_end_matches('/'));
-    ensure!(c.stdout().trim_end() == expected, "relative cwd: pwd {:?}, expected {expected:?}", c.stdout());
+    ensure!(
+        c.stdout().trim_end() == expected,
+        "relative cwd: pwd {:?}, expected {expected:?}",
+        c.stdout()
+    );
     let mut req = ExecRequest::shell("pwd");
     req.cwd = Some(expected.clone());
     let c = run(sandbox, req).await?;
-    ensure!(c.stdout().trim_end() == expected, "absolute cwd: pwd {:?}", c.stdout());
+    ensure!(
+        c.stdout().trim_end() == expected,
+        "absolute cwd: pwd {:?}",
+        c.stdout()
+    );
     Ok(())
 }
 
@@ -278,12 +404,20 @@ async fn exec_stdin(sandbox: &Sandbox) -> anyhow::Result<()> {
     req.stdin = Some(input.clone());
     let c = run(sandbox, req).await?;
     ensure!(c.result.exit_code == 0, "cat exited {}", c.result.exit_code);
-    ensure!(c.result.stdout_tail == input, "stdin came back as {:?}", c.result.stdout_tail);
+    ensure!(
+        c.result.stdout_tail == input,
+        "stdin came back as {:?}",
+        c.result.stdout_tail
+    );
     // Stdin is closed after the bytes: `wc` ends.
     let mut req = ExecRequest::shell("wc -c");
     req.stdin = Some(vec![b'x'; 100_000]);
     let c = run(sandbox, req).await?;
-    ensure!(c.stdout().trim() == "100000", "wc -c of 100000 stdin bytes: {:?}", c.stdout());
+    ensure!(
+        c.stdout().trim() == "100000",
+        "wc -c of 100000 stdin bytes: {:?}",
+        c.stdout()
+    );
     Ok(())
 }
 
@@ -291,10 +425,26 @@ async fn exec_timeout(sandbox: &Sandbox) -> anyhow::Result<()> {
     let mut req = ExecRequest::shell("printf before; sleep 30; printf after");
     req.timeout_ms = Some(1000);
     let c = run(sandbox, req).await?;
-    ensure!(c.result.timed_out, "a 30 s command with timeout-ms 1000 did not time out (exit {})", c.result.exit_code);
-    ensure!(c.elapsed < Duration::from_secs(10), "the timed-out command took {:?} to return", c.elapsed);
-    ensure!(c.elapsed >= Duration::from_millis(900), "returned after {:?}, before its timeout", c.elapsed);
-    ensure!(c.stdout() == "before", "stdout of the timed-out command {:?}", c.stdout());
+    ensure!(
+        c.result.timed_out,
+        "a 30 s command with timeout-ms 1000 did not time out (exit {})",
+        c.result.exit_code
+    );
+    ensure!(
+        c.elapsed < Duration::from_secs(10),
+        "the timed-out command took {:?} to return",
+        c.elapsed
+    );
+    ensure!(
+        c.elapsed >= Duration::from_millis(900),
+        "returned after {:?}, before its timeout",
+        c.elapsed
+    );
+    ensure!(
+        c.stdout() == "before",
+        "stdout of the timed-out command {:?}",
+        c.stdout()
+    );
     Ok(())
 }
 
@@ -302,7 +452,11 @@ async fn exec_timeout(sandbox: &Sandbox) -> anyhow::Result<()> {
 /// before the call returns.
 async fn exec_streaming(sandbox: &Sandbox) -> anyhow::Result<String> {
     let c = sh(sandbox, "printf 'first\\n'; sleep 2; printf 'second\\n'").await?;
-    ensure!(c.result.exit_code == 0 && c.stdout() == "first\nsecond\n", "stdout {:?}", c.stdout());
+    ensure!(
+        c.result.exit_code == 0 && c.stdout() == "first\nsecond\n",
+        "stdout {:?}",
+        c.stdout()
+    );
     let arrival = |needle: &str| {
         let mut seen = Vec::new();
         for (t, s, b) in &c.chunks {
@@ -322,8 +476,14 @@ async fn exec_streaming(sandbox: &Sandbox) -> anyhow::Result<String> {
         "`first` arrived at {first:?}, the call returned at {:?}: output was not streamed while the command ran",
         c.elapsed
     );
-    ensure!(second.saturating_sub(first) >= Duration::from_millis(1500), "`first` at {first:?}, `second` at {second:?}");
-    Ok(format!("streaming: `first` at {first:.2?}, `second` at {second:.2?}, call returned at {:.2?}", c.elapsed))
+    ensure!(
+        second.saturating_sub(first) >= Duration::from_millis(1500),
+        "`first` at {first:?}, `second` at {second:?}"
+    );
+    Ok(format!(
+        "streaming: `first` at {first:.2?}, `second` at {second:.2?}, call returned at {:.2?}",
+        c.elapsed
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,7 +507,11 @@ where
 }
 
 /// Reads a process's output from offset 0 until `done` says enough (or the process ended).
-async fn read_output(sandbox: &Sandbox, pid: &str, done: impl Fn(&[u8], &[u8]) -> bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+async fn read_output(
+    sandbox: &Sandbox,
+    pid: &str,
+    done: impl Fn(&[u8], &[u8]) -> bool,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let acc = Mutex::new((Vec::new(), Vec::new(), 0u64, 0u64));
     let (acc, done) = (&acc, &done);
     eventually(&format!("output of process {pid}"), || async move {
@@ -357,8 +521,18 @@ async fn read_output(sandbox: &Sandbox, pid: &str, done: impl Fn(&[u8], &[u8]) -
         };
         let chunk = sandbox.process_output(pid, o, e).await?;
         let mut a = acc.lock().unwrap();
-        ensure!(chunk.stdout_next == o + chunk.stdout.len() as u64, "stdout-next {} after offset {o} + {} bytes", chunk.stdout_next, chunk.stdout.len());
-        ensure!(chunk.stderr_next == e + chunk.stderr.len() as u64, "stderr-next {} after offset {e} + {} bytes", chunk.stderr_next, chunk.stderr.len());
+        ensure!(
+            chunk.stdout_next == o + chunk.stdout.len() as u64,
+            "stdout-next {} after offset {o} + {} bytes",
+            chunk.stdout_next,
+            chunk.stdout.len()
+        );
+        ensure!(
+            chunk.stderr_next == e + chunk.stderr.len() as u64,
+            "stderr-next {} after offset {e} + {} bytes",
+            chunk.stderr_next,
+            chunk.stderr.len()
+        );
         a.0.extend_from_slice(&chunk.stdout);
         a.1.extend_from_slice(&chunk.stderr);
         a.2 = chunk.stdout_next;
@@ -378,23 +552,46 @@ async fn wait_exit(sandbox: &Sandbox, pid: &str) -> anyhow::Result<Option<i32>> 
 
 async fn background(sandbox: &Sandbox) -> anyhow::Result<()> {
     // A short one: output by offsets, then its exit code.
-    let short = sandbox.start_process(ExecRequest::shell("printf out; printf err >&2; exit 7")).await?;
+    let short = sandbox
+        .start_process(ExecRequest::shell("printf out; printf err >&2; exit 7"))
+        .await?;
     ensure!(!short.pid.is_empty(), "empty pid");
     let code = wait_exit(sandbox, &short.pid).await?;
     ensure!(code == Some(7), "exit code {code:?} (expected 7)");
     let (out, err) = read_output(sandbox, &short.pid, |o, e| o == b"out" && e == b"err").await?;
-    ensure!(out == b"out" && err == b"err", "output {:?} / {:?}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    ensure!(
+        out == b"out" && err == b"err",
+        "output {:?} / {:?}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
     let rest = sandbox.process_output(&short.pid, 3, 3).await?;
-    ensure!(rest.stdout.is_empty() && rest.stderr.is_empty(), "output past the end: {rest:?}");
+    ensure!(
+        rest.stdout.is_empty() && rest.stderr.is_empty(),
+        "output past the end: {rest:?}"
+    );
 
     // A long one: running, listed, output arrives while it runs, a signal ends it.
-    let long = sandbox.start_process(ExecRequest::shell("printf 'started\\n'; exec sleep 60")).await?;
+    let long = sandbox
+        .start_process(ExecRequest::shell("printf 'started\\n'; exec sleep 60"))
+        .await?;
     let (out, _) = read_output(sandbox, &long.pid, |o, _| o.starts_with(b"started\n")).await?;
-    ensure!(out == b"started\n", "long process output {:?}", String::from_utf8_lossy(&out));
+    ensure!(
+        out == b"started\n",
+        "long process output {:?}",
+        String::from_utf8_lossy(&out)
+    );
     let status = sandbox.process_status(&long.pid).await?;
-    ensure!(status.running && status.exit_code.is_none(), "status {status:?} of a sleeping process");
+    ensure!(
+        status.running && status.exit_code.is_none(),
+        "status {status:?} of a sleeping process"
+    );
     let listed = sandbox.processes().await?;
-    ensure!(listed.iter().any(|p| p.pid == long.pid && p.running), "list-processes {listed:?} lacks {}", long.pid);
+    ensure!(
+        listed.iter().any(|p| p.pid == long.pid && p.running),
+        "list-processes {listed:?} lacks {}",
+        long.pid
+    );
     sandbox.signal_process(&long.pid, 15).await?;
     wait_exit(sandbox, &long.pid).await?;
     Ok(())
@@ -411,10 +608,17 @@ async fn ports(sandbox: &Sandbox) -> anyhow::Result<String> {
     let token = crate::localbox_support::random_hex(8);
     sh_ok(sandbox, &format!("printf {token} > conformance-port.txt")).await?;
     // Free on this machine (providers whose sandboxes share the host's network need that).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let proc = sandbox.start_process(ExecRequest::shell(format!("exec {server} {port}"))).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let proc = sandbox
+        .start_process(ExecRequest::shell(format!("exec {server} {port}")))
+        .await?;
     let endpoint = sandbox.port_url(port).await?;
-    let url = format!("{}/conformance-port.txt", endpoint.url.trim_end_matches('/'));
+    let url = format!(
+        "{}/conformance-port.txt",
+        endpoint.url.trim_end_matches('/')
+    );
     let started = Instant::now();
     let (url_ref, endpoint_ref, pid) = (&url, &endpoint, proc.pid.as_str());
     let fetched = eventually(&format!("GET {url}"), || async move {
@@ -422,7 +626,11 @@ async fn ports(sandbox: &Sandbox) -> anyhow::Result<String> {
             Ok((200, body)) => Ok(Some(body)),
             _ => {
                 let p = sandbox.process_status(pid).await?;
-                ensure!(p.running, "the server `{server} {port}` exited ({:?})", p.exit_code);
+                ensure!(
+                    p.running,
+                    "the server `{server} {port}` exited ({:?})",
+                    p.exit_code
+                );
                 Ok(None)
             }
         }
@@ -431,15 +639,23 @@ async fn ports(sandbox: &Sandbox) -> anyhow::Result<String> {
     let took = started.elapsed();
     sandbox.signal_process(&proc.pid, 9).await?;
     let body = fetched?;
-    ensure!(body == token.as_bytes(), "GET {url} returned {:?}, expected {token:?}", String::from_utf8_lossy(&body));
+    ensure!(
+        body == token.as_bytes(),
+        "GET {url} returned {:?}, expected {token:?}",
+        String::from_utf8_lossy(&body)
+    );
     wait_exit(sandbox, &proc.pid).await?;
-    Ok(format!("ports: {} reachable {took:.2?} after start ({server})", endpoint.url))
+    Ok(format!(
+        "ports: {} reachable {took:.2?} after start ({server})",
+        endpoint.url
+    ))
 }
 
 /// A plain HTTP GET (no TLS) with the endpoint's headers, bounded to 3 s.
 async fn http_get(url: &str, endpoint: &Endpoint) -> anyhow::Result<(u16, Vec<u8>)> {
     use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
     let mut req = http::Request::get(url);
     for (k, v) in &endpoint.headers {
         req = req.header(k, v);
@@ -451,7 +667,9 @@ async fn http_get(url: &str, endpoint: &Endpoint) -> anyhow::Result<(u16, Vec<u8
         let body = resp.into_body().collect().await?.to_bytes().to_vec();
         anyhow::Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(3), fut).await.map_err(|_| anyhow!("GET {url}: no answer in 3 s"))?
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .map_err(|_| anyhow!("GET {url}: no answer in 3 s"))?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,34 +690,80 @@ fn pattern(len: usize, mut seed: u64) -> Vec<u8> {
 
 fn same_bytes(what: &str, got: &[u8], want: &[u8]) -> anyhow::Result<()> {
     if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        bail!("{what}: {} bytes back for {} written, first difference at byte {at}", got.len(), want.len());
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        bail!(
+            "{what}: {} bytes back for {} written, first difference at byte {at}",
+            got.len(),
+            want.len()
+        );
     }
     Ok(())
 }
 
 async fn files_small(sandbox: &Sandbox, workdir: &str) -> anyhow::Result<()> {
-    sandbox.write_file("conformance.txt", b"hello files\n".to_vec(), None).await?;
-    same_bytes("text file", &sandbox.read_file("conformance.txt").await?, b"hello files\n")?;
+    sandbox
+        .write_file("conformance.txt", b"hello files\n".to_vec(), None)
+        .await?;
+    same_bytes(
+        "text file",
+        &sandbox.read_file("conformance.txt").await?,
+        b"hello files\n",
+    )?;
     // Relative paths resolve against the workdir, for exec too.
     let abs = format!("{}/conformance.txt", workdir.trim_end_matches('/'));
-    same_bytes("the same file by absolute path", &sandbox.read_file(&abs).await?, b"hello files\n")?;
-    ensure!(sh_ok(sandbox, "cat conformance.txt").await? == "hello files\n", "exec does not see the written file");
+    same_bytes(
+        "the same file by absolute path",
+        &sandbox.read_file(&abs).await?,
+        b"hello files\n",
+    )?;
+    ensure!(
+        sh_ok(sandbox, "cat conformance.txt").await? == "hello files\n",
+        "exec does not see the written file"
+    );
 
     let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-    sandbox.write_file("conformance.bin", binary.clone(), None).await?;
-    same_bytes("binary file", &sandbox.read_file("conformance.bin").await?, &binary)?;
+    sandbox
+        .write_file("conformance.bin", binary.clone(), None)
+        .await?;
+    same_bytes(
+        "binary file",
+        &sandbox.read_file("conformance.bin").await?,
+        &binary,
+    )?;
     // Overwrite truncates.
-    sandbox.write_file("conformance.bin", b"short".to_vec(), None).await?;
-    same_bytes("overwritten file", &sandbox.read_file("conformance.bin").await?, b"short")?;
+    sandbox
+        .write_file("conformance.bin", b"short".to_vec(), None)
+        .await?;
+    same_bytes(
+        "overwritten file",
+        &sandbox.read_file("conformance.bin").await?,
+        b"short",
+    )?;
 
-    sandbox.write_file("conformance.sh", b"#!/bin/sh\necho script ran\n".to_vec(), Some(0o755)).await?;
+    sandbox
+        .write_file(
+            "conformance.sh",
+            b"#!/bin/sh\necho script ran\n".to_vec(),
+            Some(0o755),
+        )
+        .await?;
     let st = sandbox.stat("conformance.sh").await?;
     ensure!(st.kind == FileKind::File, "stat kind {:?}", st.kind);
     ensure!(st.size == 26, "stat size {}", st.size);
-    ensure!(st.mode & 0o777 == 0o755, "mode {:o} (written with 0755)", st.mode);
+    ensure!(
+        st.mode & 0o777 == 0o755,
+        "mode {:o} (written with 0755)",
+        st.mode
+    );
     ensure!(st.name == "conformance.sh", "stat name {:?}", st.name);
-    ensure!(sh_ok(sandbox, "./conformance.sh").await? == "script ran\n", "the 0755 script did not run");
+    ensure!(
+        sh_ok(sandbox, "./conformance.sh").await? == "script ran\n",
+        "the 0755 script did not run"
+    );
 
     match sandbox.read_file("conformance-missing.txt").await {
         Err(e) if matches!(e.provider_error(), Some(ProviderError::NotFound(_))) => Ok(()),
@@ -511,7 +775,9 @@ async fn files_small(sandbox: &Sandbox, workdir: &str) -> anyhow::Result<()> {
 async fn files_big(sandbox: &Sandbox) -> anyhow::Result<String> {
     let data = pattern(BIG_FILE_BYTES, 0x9e37_79b9_7f4a_7c15);
     let t = Instant::now();
-    sandbox.write_file("conformance-big.bin", data.clone(), None).await?;
+    sandbox
+        .write_file("conformance-big.bin", data.clone(), None)
+        .await?;
     let write = t.elapsed();
     let t = Instant::now();
     let back = sandbox.read_file("conformance-big.bin").await?;
@@ -520,7 +786,10 @@ async fn files_big(sandbox: &Sandbox) -> anyhow::Result<String> {
     let size = sandbox.stat("conformance-big.bin").await?.size;
     ensure!(size == BIG_FILE_BYTES as u64, "stat size {size}");
     let wc = sh_ok(sandbox, "wc -c < conformance-big.bin").await?;
-    ensure!(wc.trim() == BIG_FILE_BYTES.to_string(), "wc -c in the sandbox says {wc:?}");
+    ensure!(
+        wc.trim() == BIG_FILE_BYTES.to_string(),
+        "wc -c in the sandbox says {wc:?}"
+    );
     sandbox.remove("conformance-big.bin", false).await?;
     Ok(format!("files: 10 MiB write {write:.2?}, read {read:.2?}"))
 }
@@ -530,19 +799,37 @@ async fn files_dirs(sandbox: &Sandbox) -> anyhow::Result<()> {
     sandbox.mkdir("conformance-dir/c", false).await?;
     // With `parents`, an existing directory is fine.
     sandbox.mkdir("conformance-dir/a", true).await?;
-    sandbox.write_file("conformance-dir/a/b/f.txt", b"deep".to_vec(), None).await?;
-    sandbox.write_file("conformance-dir/top.txt", b"top".to_vec(), None).await?;
+    sandbox
+        .write_file("conformance-dir/a/b/f.txt", b"deep".to_vec(), None)
+        .await?;
+    sandbox
+        .write_file("conformance-dir/top.txt", b"top".to_vec(), None)
+        .await?;
 
     let entries = sandbox.list_dir("conformance-dir").await?;
-    let mut names: Vec<(String, FileKind)> = entries.iter().map(|e| (e.name.clone(), e.kind)).collect();
+    let mut names: Vec<(String, FileKind)> =
+        entries.iter().map(|e| (e.name.clone(), e.kind)).collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    let expected = vec![("a".to_string(), FileKind::Directory), ("c".into(), FileKind::Directory), ("top.txt".into(), FileKind::File)];
+    let expected = vec![
+        ("a".to_string(), FileKind::Directory),
+        ("c".into(), FileKind::Directory),
+        ("top.txt".into(), FileKind::File),
+    ];
     ensure!(names == expected, "list-dir gave {names:?}");
     let top = entries.iter().find(|e| e.name == "top.txt").unwrap();
-    ensure!(top.size == 3 && top.path.ends_with("conformance-dir/top.txt"), "list-dir entry {top:?}");
-    ensure!(sandbox.stat("conformance-dir/a").await?.kind == FileKind::Directory, "stat of a directory");
+    ensure!(
+        top.size == 3 && top.path.ends_with("conformance-dir/top.txt"),
+        "list-dir entry {top:?}"
+    );
+    ensure!(
+        sandbox.stat("conformance-dir/a").await?.kind == FileKind::Directory,
+        "stat of a directory"
+    );
 
-    ensure!(sandbox.remove("conformance-dir", false).await.is_err(), "removing a non-empty directory without recursive succeeded");
+    ensure!(
+        sandbox.remove("conformance-dir", false).await.is_err(),
+        "removing a non-empty directory without recursive succeeded"
+    );
     sandbox.remove("conformance-dir/top.txt", false).await?;
     sandbox.remove("conformance-dir", true).await?;
     match sandbox.stat("conformance-dir").await {
@@ -555,26 +842,67 @@ async fn files_dirs(sandbox: &Sandbox) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // list, pause
 
-async fn list_by_labels(provider: &Provider, sandbox: &Sandbox, run_id: &str, caps: Capabilities) -> anyhow::Result<()> {
+async fn list_by_labels(
+    provider: &Provider,
+    sandbox: &Sandbox,
+    run_id: &str,
+    caps: Capabilities,
+) -> anyhow::Result<()> {
     let other_label = format!("{run_id}-other");
-    let other = provider.create(Spec { labels: vec![(LABEL.into(), other_label.clone())], ..Spec::default() }).await?;
+    let other = provider
+        .create(Spec {
+            labels: vec![(LABEL.into(), other_label.clone())],
+            ..Spec::default()
+        })
+        .await?;
     let checked = async {
         let ids = |labels: &[(&str, &str)]| {
-            let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            async move { anyhow::Ok(provider.list(&labels).await?.into_iter().map(|s| s.id).collect::<Vec<_>>()) }
+            let labels: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            async move {
+                anyhow::Ok(
+                    provider
+                        .list(&labels)
+                        .await?
+                        .into_iter()
+                        .map(|s| s.id)
+                        .collect::<Vec<_>>(),
+                )
+            }
         };
         let ours = ids(&[(LABEL, run_id)]).await?;
-        ensure!(ours.contains(&sandbox.id().to_string()), "list({LABEL}={run_id}) = {ours:?} lacks {}", sandbox.id());
+        ensure!(
+            ours.contains(&sandbox.id().to_string()),
+            "list({LABEL}={run_id}) = {ours:?} lacks {}",
+            sandbox.id()
+        );
         let theirs = ids(&[(LABEL, &other_label)]).await?;
-        ensure!(theirs.contains(&other.id().to_string()), "list({LABEL}={other_label}) = {theirs:?} lacks {}", other.id());
+        ensure!(
+            theirs.contains(&other.id().to_string()),
+            "list({LABEL}={other_label}) = {theirs:?} lacks {}",
+            other.id()
+        );
         if caps.contains(Capabilities::LIST_BY_LABELS) {
-            ensure!(ours == [sandbox.id()], "list({LABEL}={run_id}) = {ours:?}, expected only {}", sandbox.id());
-            ensure!(theirs == [other.id()], "list({LABEL}={other_label}) = {theirs:?}, expected only {}", other.id());
+            ensure!(
+                ours == [sandbox.id()],
+                "list({LABEL}={run_id}) = {ours:?}, expected only {}",
+                sandbox.id()
+            );
+            ensure!(
+                theirs == [other.id()],
+                "list({LABEL}={other_label}) = {theirs:?}, expected only {}",
+                other.id()
+            );
             let none = ids(&[(LABEL, run_id), ("conformance-absent", "x")]).await?;
             ensure!(none.is_empty(), "a label nobody carries matched {none:?}");
         }
         let all = ids(&[]).await?;
-        ensure!(all.contains(&sandbox.id().to_string()) && all.contains(&other.id().to_string()), "list() = {all:?} lacks ours");
+        ensure!(
+            all.contains(&sandbox.id().to_string()) && all.contains(&other.id().to_string()),
+            "list() = {all:?} lacks ours"
+        );
         Ok(())
     }
     .await;
@@ -589,10 +917,21 @@ async fn pause_resume(sandbox: &Sandbox, caps: Capabilities) -> anyhow::Result<(
     let state = sandbox.info().await?.state;
     ensure!(state == SandboxState::Paused, "state {state:?} after pause");
     let info = sandbox.resume().await?;
-    ensure!(info.state == SandboxState::Running, "resume returned state {:?}", info.state);
-    ensure!(sh_ok(sandbox, "printf resumed").await? == "resumed", "exec after resume");
+    ensure!(
+        info.state == SandboxState::Running,
+        "resume returned state {:?}",
+        info.state
+    );
+    ensure!(
+        sh_ok(sandbox, "printf resumed").await? == "resumed",
+        "exec after resume"
+    );
     if caps.contains(Capabilities::FILES) {
-        same_bytes("a file after pause/resume", &sandbox.read_file("conformance.txt").await?, b"hello files\n")?;
+        same_bytes(
+            "a file after pause/resume",
+            &sandbox.read_file("conformance.txt").await?,
+            b"hello files\n",
+        )?;
     }
     Ok(())
 }

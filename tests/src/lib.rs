@@ -13,7 +13,10 @@ use sandbox_host::{Host, HostBuilder};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A built plugin: `target/plugins/NAME.wasm` or the fixture `target/test-plugins/NAME.wasm`.
@@ -41,7 +44,10 @@ impl TestHost {
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 pub async fn host_with(plugins: &[&str], config_toml: &str) -> TestHost {
@@ -61,6 +67,10 @@ pub async fn host_with(plugins: &[&str], config_toml: &str) -> TestHost {
         .build()
         .await
         .unwrap();
-    assert!(host.load_errors().is_empty(), "load errors: {:?}", host.load_errors());
+    assert!(
+        host.load_errors().is_empty(),
+        "load errors: {:?}",
+        host.load_errors()
+    );
     TestHost { host, home }
 }

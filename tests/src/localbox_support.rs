@@ -37,7 +37,9 @@ pub struct LocalboxServer {
 pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;
     let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("reading /dev/urandom");
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("reading /dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -65,7 +67,14 @@ impl LocalboxServer {
         let task = tokio::spawn(localbox::serve_with_shutdown(listener, server, async {
             let _ = stopped.await;
         }));
-        LocalboxServer { addr, token, engine, stop: Some(stop), task: Some(task), root }
+        LocalboxServer {
+            addr,
+            token,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+            root,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -63,10 +63,14 @@ impl TestServer {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sandbox-host test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sandbox-host test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let ca_file = dir.path().join("ca.pem");
@@ -95,16 +99,21 @@ impl TestServer {
         let s2 = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 s2.accepts.fetch_add(1, Ordering::SeqCst);
                 let shared = s2.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         Some(acceptor) => {
-                            let Ok(stream) = acceptor.accept(tcp).await else { return };
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
                             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                         }
                         None => {
@@ -114,7 +123,13 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, shared, ca_file: None, _dir: None, task }
+        TestServer {
+            addr,
+            shared,
+            ca_file: None,
+            _dir: None,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -138,7 +153,10 @@ impl TestServer {
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn full(status: u16, text: &'static str) -> Response<Body> {
-    Response::builder().status(status).body(Full::new(Bytes::from_static(text.as_bytes())).boxed()).unwrap()
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from_static(text.as_bytes())).boxed())
+        .unwrap()
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -148,11 +166,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         method: req.method().to_string(),
         path: path.clone(),
         version: req.version(),
-        headers: req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
     });
     let _ = req.into_body().collect().await;
     let param = |name: &str| -> Option<usize> {
-        query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     };
     Ok(match path.as_str() {
         "/ok" => full(200, "ok"),
@@ -168,13 +197,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 })),
             ];
             let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
-            Response::builder().header("content-type", "application/grpc").body(body).unwrap()
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
         }
         "/huge" => {
             let mb = param("mb").unwrap_or(64);
             let chunk = Bytes::from(vec![0u8; 1 << 20]);
             let frames = (0..mb).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
-            Response::builder().body(StreamBody::new(futures_util::stream::iter(frames)).boxed()).unwrap()
+            Response::builder()
+                .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+                .unwrap()
         }
         "/hang" => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -186,7 +220,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let c = counts.entry(query.clone()).or_default();
             *c += 1;
             if *c <= n {
-                Response::builder().status(429).header("retry-after", "1").body(Full::new(Bytes::from_static(b"slow down")).boxed()).unwrap()
+                Response::builder()
+                    .status(429)
+                    .header("retry-after", "1")
+                    .body(Full::new(Bytes::from_static(b"slow down")).boxed())
+                    .unwrap()
             } else {
                 full(200, "ok")
             }

@@ -34,24 +34,43 @@ async fn fixture() -> Fixture {
         example_key = example.api_key(),
     );
     let t = host_with(&["hostile", "example"], &config).await;
-    Fixture { t, upstream, _example: example }
+    Fixture {
+        t,
+        upstream,
+        _example: example,
+    }
 }
 
 /// Runs the attack while calling the well-behaved plugin in a loop. Returns the attack's
 /// result and how many well-behaved calls completed while it ran (each must succeed).
 async fn under_attack(f: &Fixture, argv: &[&str]) -> (Result<ExecResult, Error>, usize) {
-    let hostile = f.t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let hostile =
+        f.t.host
+            .provider("hostile")
+            .unwrap()
+            .create(Spec::default())
+            .await
+            .unwrap();
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     let attack = tokio::spawn(async move { hostile.exec(ExecRequest::argv(argv), None).await });
     let example = f.t.host.provider("example").unwrap();
     let mut answered = 0;
     while !attack.is_finished() {
-        example.preflight().await.expect("the well-behaved plugin must keep answering during an attack");
+        example
+            .preflight()
+            .await
+            .expect("the well-behaved plugin must keep answering during an attack");
         answered += 1;
     }
     let result = attack.await.unwrap();
     // The attacker itself is served again right after: every call gets a fresh instance.
-    let again = f.t.host.sandbox("h1", Some("hostile")).unwrap().exec(ExecRequest::argv(["ok"]), None).await.unwrap();
+    let again =
+        f.t.host
+            .sandbox("h1", Some("hostile"))
+            .unwrap()
+            .exec(ExecRequest::argv(["ok"]), None)
+            .await
+            .unwrap();
     assert_eq!(again.stdout_tail, b"ok");
     (result, answered)
 }
@@ -68,14 +87,20 @@ async fn spin_loop_is_stopped_by_the_cpu_budget() {
     let f = fixture().await;
     let (r, answered) = under_attack(&f, &["spin"]).await;
     assert!(matches!(fault(&r), PluginFault::CpuBudget(_)), "{r:?}");
-    assert!(answered >= 1, "no well-behaved call completed during the spin");
+    assert!(
+        answered >= 1,
+        "no well-behaved call completed during the spin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_stopped_by_the_memory_limit() {
     let f = fixture().await;
     let (r, _) = under_attack(&f, &["alloc", "1024"]).await;
-    assert!(matches!(fault(&r), PluginFault::MemoryLimit(m) if *m == 64 << 20), "{r:?}");
+    assert!(
+        matches!(fault(&r), PluginFault::MemoryLimit(m) if *m == 64 << 20),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +114,10 @@ async fn a_trap_is_contained() {
 async fn a_call_that_never_returns_hits_the_wall_clock_timeout() {
     let f = fixture().await;
     let (r, answered) = under_attack(&f, &["hang"]).await;
-    assert!(matches!(fault(&r), PluginFault::Timeout(d) if d.as_secs() == 2), "{r:?}");
+    assert!(
+        matches!(fault(&r), PluginFault::Timeout(d) if d.as_secs() == 2),
+        "{r:?}"
+    );
     assert!(answered >= 1);
 }
 
@@ -99,10 +127,17 @@ async fn egress_outside_the_grant_is_denied_before_connecting() {
     let outside = TestServer::start().await;
     let (r, _) = under_attack(&f, &["egress", &outside.url("/ok")]).await;
     match r {
-        Err(Error::Provider { error: ProviderError::Forbidden(m), .. }) => assert!(m.contains("not allowed"), "{m}"),
+        Err(Error::Provider {
+            error: ProviderError::Forbidden(m),
+            ..
+        }) => assert!(m.contains("not allowed"), "{m}"),
         other => panic!("expected forbidden, got {other:?}"),
     }
-    assert_eq!(outside.accepts(), 0, "a denied request must not open a connection");
+    assert_eq!(
+        outside.accepts(),
+        0,
+        "a denied request must not open a connection"
+    );
     // The granted host is reachable.
     let (r, _) = under_attack(&f, &["egress", &f.upstream.url("/ok")]).await;
     assert_eq!(r.unwrap().stdout_tail, b"200");
@@ -111,11 +146,36 @@ async fn egress_outside_the_grant_is_denied_before_connecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_grants_do_not_reach_loopback() {
     let target = TestServer::start().await;
-    let t = host_with(&["hostile"], "[plugins.hostile]\nallow = [\"http://*:*\", \"https://*\"]\n").await;
-    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
-    for url in [target.url("/ok"), format!("http://localhost:{}/ok", target.addr.port()), "http://169.254.169.254/latest".into()] {
-        let r = sandbox.exec(ExecRequest::argv(["egress", url.as_str()]), None).await;
-        assert!(matches!(r, Err(Error::Provider { error: ProviderError::Forbidden(_), .. })), "{url}: {r:?}");
+    let t = host_with(
+        &["hostile"],
+        "[plugins.hostile]\nallow = [\"http://*:*\", \"https://*\"]\n",
+    )
+    .await;
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    for url in [
+        target.url("/ok"),
+        format!("http://localhost:{}/ok", target.addr.port()),
+        "http://169.254.169.254/latest".into(),
+    ] {
+        let r = sandbox
+            .exec(ExecRequest::argv(["egress", url.as_str()]), None)
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::Provider {
+                    error: ProviderError::Forbidden(_),
+                    ..
+                })
+            ),
+            "{url}: {r:?}"
+        );
     }
     assert_eq!(target.accepts(), 0);
 }
@@ -126,11 +186,22 @@ async fn the_bound_secret_reaches_upstream_but_never_the_plugin() {
     let (r, _) = under_attack(&f, &["steal", &f.upstream.url("/ok")]).await;
     let seen = String::from_utf8(r.unwrap().stdout_tail).unwrap();
     assert!(seen.contains("status: 200"), "{seen}");
-    assert!(!seen.contains(SECRET), "the plugin observed the secret:\n{seen}");
+    assert!(
+        !seen.contains(SECRET),
+        "the plugin observed the secret:\n{seen}"
+    );
     // The upstream got the host's value, not the plugin's forged header.
-    let auth: Vec<String> = f.upstream.requests().iter().filter_map(|r| r.headers.get("authorization").cloned()).collect();
+    let auth: Vec<String> = f
+        .upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.headers.get("authorization").cloned())
+        .collect();
     assert!(!auth.is_empty());
-    assert!(auth.iter().all(|a| a == &format!("Bearer {SECRET}")), "{auth:?}");
+    assert!(
+        auth.iter().all(|a| a == &format!("Bearer {SECRET}")),
+        "{auth:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,13 +218,37 @@ async fn a_plugin_may_set_authorization_where_no_secret_is_bound() {
         b = other.addr.port()
     );
     let t = host_with(&["hostile"], &config).await;
-    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
     for server in [&bound, &other] {
-        sandbox.exec(ExecRequest::argv(["steal", &server.url("/ok")]), None).await.unwrap();
+        sandbox
+            .exec(ExecRequest::argv(["steal", &server.url("/ok")]), None)
+            .await
+            .unwrap();
     }
-    let auth = |s: &TestServer| s.requests().iter().filter_map(|r| r.headers.get("authorization").cloned()).collect::<Vec<_>>();
-    assert!(auth(&bound).iter().all(|a| a == &format!("Bearer {SECRET}")), "{:?}", auth(&bound));
-    assert!(auth(&other).contains(&"Bearer stolen".to_string()), "{:?}", auth(&other));
+    let auth = |s: &TestServer| {
+        s.requests()
+            .iter()
+            .filter_map(|r| r.headers.get("authorization").cloned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        auth(&bound)
+            .iter()
+            .all(|a| a == &format!("Bearer {SECRET}")),
+        "{:?}",
+        auth(&bound)
+    );
+    assert!(
+        auth(&other).contains(&"Bearer stolen".to_string()),
+        "{:?}",
+        auth(&other)
+    );
     assert!(!auth(&other).iter().any(|a| a.contains(SECRET)));
 }
 

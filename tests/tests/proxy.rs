@@ -33,9 +33,14 @@ async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
                     }
                 }
                 targets.lock().unwrap().push(target.clone());
-                let mut upstream = TcpStream::connect(target.replace("localhost", "127.0.0.1")).await.unwrap();
+                let mut upstream = TcpStream::connect(target.replace("localhost", "127.0.0.1"))
+                    .await
+                    .unwrap();
                 let mut client = client.into_inner();
-                client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
@@ -58,18 +63,43 @@ async fn https_proxy_is_used_unless_no_proxy_excludes_the_host() {
     std::env::remove_var("NO_PROXY");
     std::env::remove_var("no_proxy");
     let t = host_with(&["hostile"], &config).await;
-    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
-    let out = sandbox.exec(ExecRequest::argv(["egress", &url]), None).await.unwrap();
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    let out = sandbox
+        .exec(ExecRequest::argv(["egress", &url]), None)
+        .await
+        .unwrap();
     assert_eq!(out.stdout_tail, b"200");
-    assert_eq!(*targets.lock().unwrap(), [format!("localhost:{}", server.addr.port())]);
+    assert_eq!(
+        *targets.lock().unwrap(),
+        [format!("localhost:{}", server.addr.port())]
+    );
     drop(t);
 
     std::env::set_var("NO_PROXY", "localhost");
     let t = host_with(&["hostile"], &config).await;
-    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
-    let out = sandbox.exec(ExecRequest::argv(["egress", &url]), None).await.unwrap();
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    let out = sandbox
+        .exec(ExecRequest::argv(["egress", &url]), None)
+        .await
+        .unwrap();
     assert_eq!(out.stdout_tail, b"200");
-    assert_eq!(targets.lock().unwrap().len(), 1, "NO_PROXY=localhost must bypass the proxy");
+    assert_eq!(
+        targets.lock().unwrap().len(),
+        1,
+        "NO_PROXY=localhost must bypass the proxy"
+    );
     assert_eq!(server.requests().len(), 2);
     std::env::remove_var("HTTPS_PROXY");
     std::env::remove_var("NO_PROXY");

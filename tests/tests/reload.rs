@@ -32,13 +32,20 @@ fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
 }
 
 async fn next_event(rx: &mut Receiver<PluginEvent>) -> PluginEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("no plugin event within 20 s").unwrap()
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no plugin event within 20 s")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_atomically_keeps_old_on_corrupt_and_unloads_on_removal() {
     let server = example_server::start().await;
-    let config = format!("[plugins.example]\nsettings.base-url = \"{}\"\nsecrets.api-key = \"{}\"\n", server.url(), server.api_key());
+    let config = format!(
+        "[plugins.example]\nsettings.base-url = \"{}\"\nsecrets.api-key = \"{}\"\n",
+        server.url(),
+        server.api_key()
+    );
     let t = host_with(&["example"], &config).await;
     let dir = t.plugin_dir();
     let mut events = t.host.plugin_events();
@@ -46,10 +53,20 @@ async fn reload_swaps_atomically_keeps_old_on_corrupt_and_unloads_on_removal() {
     let sha_before = t.host.plugins()[0].sha256.clone();
 
     // A call in flight when the new version lands finishes on the version it started with.
-    let sandbox = t.host.provider("example").unwrap().create(Spec::default()).await.unwrap();
+    let sandbox = t
+        .host
+        .provider("example")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
     let in_flight = {
         let sandbox = sandbox.clone();
-        tokio::spawn(async move { sandbox.exec(ExecRequest::shell("sleep 1.5; echo finished"), None).await })
+        tokio::spawn(async move {
+            sandbox
+                .exec(ExecRequest::shell("sleep 1.5; echo finished"), None)
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     install(&dir, "example.wasm", &new_version(&original, "v2"));
@@ -57,22 +74,41 @@ async fn reload_swaps_atomically_keeps_old_on_corrupt_and_unloads_on_removal() {
         PluginEvent::Reloaded { name, .. } => assert_eq!(name, "example"),
         other => panic!("expected a reload, got {other:?}"),
     }
-    assert!(!in_flight.is_finished(), "the reload should land while the call is still running");
+    assert!(
+        !in_flight.is_finished(),
+        "the reload should land while the call is still running"
+    );
     let result = in_flight.await.unwrap().unwrap();
     assert_eq!(result.stdout_tail, b"finished\n");
     let sha_v2 = t.host.plugins()[0].sha256.clone();
     assert_ne!(sha_v2, sha_before);
     // New calls use the new version.
-    sandbox.exec(ExecRequest::shell("true"), None).await.unwrap();
+    sandbox
+        .exec(ExecRequest::shell("true"), None)
+        .await
+        .unwrap();
 
     // A corrupt file is refused and the previous version keeps serving.
-    install(&dir, "example.wasm", b"\0asm\x0d\0\x01\0this is not a component");
+    install(
+        &dir,
+        "example.wasm",
+        b"\0asm\x0d\0\x01\0this is not a component",
+    );
     match next_event(&mut events).await {
-        PluginEvent::Failed { error, .. } => assert!(error.contains("not a valid component"), "{error}"),
+        PluginEvent::Failed { error, .. } => {
+            assert!(error.contains("not a valid component"), "{error}")
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
     assert_eq!(t.host.plugins()[0].sha256, sha_v2);
-    assert_eq!(sandbox.exec(ExecRequest::shell("echo still here"), None).await.unwrap().stdout_tail, b"still here\n");
+    assert_eq!(
+        sandbox
+            .exec(ExecRequest::shell("echo still here"), None)
+            .await
+            .unwrap()
+            .stdout_tail,
+        b"still here\n"
+    );
 
     // Removal unloads.
     std::fs::remove_file(dir.join("example.wasm")).unwrap();
@@ -80,11 +116,17 @@ async fn reload_swaps_atomically_keeps_old_on_corrupt_and_unloads_on_removal() {
         PluginEvent::Unloaded { name, .. } => assert_eq!(name, "example"),
         other => panic!("expected an unload, got {other:?}"),
     }
-    assert!(matches!(t.host.provider("example"), Err(Error::UnknownProvider(_))));
+    assert!(matches!(
+        t.host.provider("example"),
+        Err(Error::UnknownProvider(_))
+    ));
 
     // A new file is picked up without a restart.
     install(&dir, "example.wasm", &original);
-    assert!(matches!(next_event(&mut events).await, PluginEvent::Loaded { .. }));
+    assert!(matches!(
+        next_event(&mut events).await,
+        PluginEvent::Loaded { .. }
+    ));
     assert!(t.host.provider("example").is_ok());
 }
 
@@ -92,9 +134,15 @@ async fn reload_swaps_atomically_keeps_old_on_corrupt_and_unloads_on_removal() {
 async fn two_plugins_with_one_name_is_a_load_error() {
     let t = host_with(&["hostile"], "").await;
     let mut events = t.host.plugin_events();
-    install(&t.plugin_dir(), "hostile-copy.wasm", &new_version(&std::fs::read(plugin_file("hostile")).unwrap(), "copy"));
+    install(
+        &t.plugin_dir(),
+        "hostile-copy.wasm",
+        &new_version(&std::fs::read(plugin_file("hostile")).unwrap(), "copy"),
+    );
     match next_event(&mut events).await {
-        PluginEvent::Failed { error, .. } => assert!(error.contains("already provided by"), "{error}"),
+        PluginEvent::Failed { error, .. } => {
+            assert!(error.contains("already provided by"), "{error}")
+        }
         other => panic!("expected a duplicate-name failure, got {other:?}"),
     }
     assert_eq!(t.host.plugins().len(), 1);
@@ -104,7 +152,11 @@ async fn two_plugins_with_one_name_is_a_load_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sha256_pin_refuses_other_bytes() {
     let bytes = std::fs::read(plugin_file("hostile")).unwrap();
-    let t = host_with(&[], &format!("[plugins.hostile]\nsha256 = \"{}\"\n", "0".repeat(64))).await;
+    let t = host_with(
+        &[],
+        &format!("[plugins.hostile]\nsha256 = \"{}\"\n", "0".repeat(64)),
+    )
+    .await;
     let path = t.plugin_dir().join("hostile.wasm");
     std::fs::write(&path, &bytes).unwrap();
     let err = t.host.load_plugin(&path).await.unwrap_err().to_string();

@@ -6,8 +6,26 @@ use sandbox_tests::host_with;
 #[tokio::test]
 async fn plugins_load_and_answer_on_a_current_thread_runtime() {
     let t = host_with(&["example", "hostile"], "").await;
-    let names: Vec<String> = t.host.plugins().iter().map(|p| p.name().to_string()).collect();
+    let names: Vec<String> = t
+        .host
+        .plugins()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
     assert_eq!(names, ["example", "hostile"]);
-    let sandbox = t.host.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
-    assert_eq!(sandbox.exec(ExecRequest::argv(["ok"]), None).await.unwrap().stdout_tail, b"ok");
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox
+            .exec(ExecRequest::argv(["ok"]), None)
+            .await
+            .unwrap()
+            .stdout_tail,
+        b"ok"
+    );
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sandbox-host", version, about = "Drive sandboxes on any provider through sandboxed wasm plugins")]
+#[command(
+    name = "sandbox-host",
+    version,
+    about = "Drive sandboxes on any provider through sandboxed wasm plugins"
+)]
 pub struct Cli {
     /// Operator configuration file (default $SANDBOX_HOST_HOME/config.toml).
     #[arg(long, global = true, env = "SANDBOX_HOST_CONFIG")]

@@ -33,10 +33,19 @@ fn read_info(home: &Path) -> Option<DaemonInfo> {
 
 /// A bare HTTP/1.0 health check: no client stack needed for one line.
 fn healthy(url: &str) -> bool {
-    let Some(addr) = url.strip_prefix("http://").and_then(|a| a.parse::<SocketAddr>().ok()) else { return false };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let Some(addr) = url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localbox\r\n\r\n").is_err() {
+    if s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localbox\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 16];
@@ -56,7 +65,11 @@ pub fn ensure(home: &Path, config_file: Option<&Path>) -> anyhow::Result<DaemonI
     }
     let dir = home.join("localbox");
     std::fs::create_dir_all(&dir)?;
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("daemon.lock"))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("daemon.lock"))?;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe {
         use std::os::fd::AsRawFd;
@@ -67,7 +80,10 @@ pub fn ensure(home: &Path, config_file: Option<&Path>) -> anyhow::Result<DaemonI
     }
     let _ = std::fs::remove_file(state_file(home));
     let exe = std::env::current_exe().context("cannot find the sandbox-host executable")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["localbox", "--daemon"]);
     if let Some(file) = config_file {
@@ -92,11 +108,17 @@ pub fn ensure(home: &Path, config_file: Option<&Path>) -> anyhow::Result<DaemonI
             return Ok(info);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the localbox daemon exited at start ({status}); see {}", dir.join("daemon.log").display());
+            bail!(
+                "the localbox daemon exited at start ({status}); see {}",
+                dir.join("daemon.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    bail!("the localbox daemon did not come up within 15 s; see {}", dir.join("daemon.log").display())
+    bail!(
+        "the localbox daemon did not come up within 15 s; see {}",
+        dir.join("daemon.log").display()
+    )
 }
 
 /// Runs as the daemon: serve on a loopback port, publish where, exit when idle.
@@ -106,22 +128,35 @@ pub async fn run(home: &Path, config: &Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let info = DaemonInfo {
         url: format!("http://{}", listener.local_addr()?),
-        token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+        token: format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ),
         pid: std::process::id(),
     };
     let path = state_file(home);
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&serde_json::to_vec(&info)?)?;
     }
     std::fs::rename(&tmp, &path)?;
     tracing::info!(url = %info.url, "localbox daemon listening");
     let idle = Duration::from_secs(config.localbox.idle_exit_secs.unwrap_or(600));
-    let server = localbox::Server::new(engine.clone(), localbox::ServerConfig::new(info.token.clone()));
+    let server = localbox::Server::new(
+        engine.clone(),
+        localbox::ServerConfig::new(info.token.clone()),
+    );
     let waiter = engine.clone();
     let stop = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = waiter.wait_idle(idle) => tracing::info!("localbox daemon idle, exiting"),
             _ = term.recv() => tracing::info!("localbox daemon stopping"),
@@ -139,7 +174,9 @@ pub async fn run(home: &Path, config: &Config) -> anyhow::Result<()> {
 
 /// Stops the daemon and waits for it to exit. Returns whether one was running.
 pub fn stop(home: &Path) -> anyhow::Result<bool> {
-    let Some(info) = read_info(home) else { return Ok(false) };
+    let Some(info) = read_info(home) else {
+        return Ok(false);
+    };
     // A stale state file may name a pid the system has since given to another program.
     if !is_daemon_process(info.pid) {
         let _ = std::fs::remove_file(state_file(home));
@@ -157,20 +194,29 @@ pub fn stop(home: &Path) -> anyhow::Result<bool> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("the localbox daemon (pid {}) did not stop within 15 s", info.pid)
+    bail!(
+        "the localbox daemon (pid {}) did not stop within 15 s",
+        info.pid
+    )
 }
 
 /// An exited process nobody reaped yet (the daemon is reparented when the CLI that started it
 /// exits; under an init that does not reap, `kill(pid, 0)` keeps succeeding).
 fn is_zombie(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // The state follows the parenthesized command name, which may itself contain ") ".
-    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
 }
 
 /// Whether `pid` runs `… localbox --daemon` (checked before signalling it).
 fn is_daemon_process(pid: u32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2).any(|w| w[0] == b"localbox" && w[1] == b"--daemon")
+    args.windows(2)
+        .any(|w| w[0] == b"localbox" && w[1] == b"--daemon")
 }

@@ -36,14 +36,19 @@ fn timeout_ms(secs: Option<f64>) -> Res<Option<u64>> {
     match secs {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 => Ok(Some(((s * 1000.0).ceil() as u64).max(1))),
-        Some(s) => Err(Failure::host(format!("invalid timeout {s}: expected a positive number of seconds"))),
+        Some(s) => Err(Failure::host(format!(
+            "invalid timeout {s}: expected a positive number of seconds"
+        ))),
     }
 }
 
 async fn request(opts: ExecOpts) -> Res<ExecRequest> {
     let stdin = if opts.stdin {
         let mut buf = vec![];
-        tokio::io::stdin().read_to_end(&mut buf).await.map_err(|e| Failure::host(format!("reading stdin: {e}")))?;
+        tokio::io::stdin()
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Failure::host(format!("reading stdin: {e}")))?;
         Some(buf)
     } else {
         None
@@ -88,7 +93,8 @@ pub async fn stream_exec(ctx: &Ctx, sandbox: &Sandbox, req: ExecRequest) -> Res<
         if data.is_empty() {
             return;
         }
-        seen_in_sink[matches!(stream, OutputStream::Stderr) as usize].store(true, Ordering::Relaxed);
+        seen_in_sink[matches!(stream, OutputStream::Stderr) as usize]
+            .store(true, Ordering::Relaxed);
         emit(json, stream, data);
     });
     let result = tokio::select! {
@@ -96,7 +102,10 @@ pub async fn stream_exec(ctx: &Ctx, sandbox: &Sandbox, req: ExecRequest) -> Res<
         _ = tokio::signal::ctrl_c() => return Ok(EXIT_INTERRUPTED),
     };
     // A plugin that does not stream still returns the tails.
-    for (stream, tail, i) in [(OutputStream::Stdout, &result.stdout_tail, 0), (OutputStream::Stderr, &result.stderr_tail, 1)] {
+    for (stream, tail, i) in [
+        (OutputStream::Stdout, &result.stdout_tail, 0),
+        (OutputStream::Stderr, &result.stderr_tail, 1),
+    ] {
         if !seen[i].load(Ordering::Relaxed) && !tail.is_empty() {
             emit(json, stream, tail);
         }
@@ -124,7 +133,12 @@ pub async fn exec(ctx: &Ctx, target: &Target, opts: ExecOpts, detach: bool) -> R
 
 pub async fn ps(ctx: &Ctx, target: &Target) -> Res<i32> {
     let sandbox = ctx.sandbox(target)?;
-    let procs: Vec<Value> = sandbox.processes().await?.iter().map(output::process).collect();
+    let procs: Vec<Value> = sandbox
+        .processes()
+        .await?
+        .iter()
+        .map(output::process)
+        .collect();
     if ctx.json {
         output::print_json(&Value::Array(procs));
     } else {
@@ -170,7 +184,13 @@ const SIGNALS: &[(&str, i32)] = &[
 /// `TERM`, `SIGTERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Res<i32> {
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(Failure::host(format!("invalid signal number {n}: expected 1 to 64"))) };
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(Failure::host(format!(
+                "invalid signal number {n}: expected 1 to 64"
+            )))
+        };
     }
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -178,7 +198,11 @@ pub fn parse_signal(s: &str) -> Res<i32> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, num)| *num)
-        .ok_or_else(|| Failure::host(format!("unknown signal {s:?} (use a name such as TERM, KILL, INT, HUP, USR1, or a number)")))
+        .ok_or_else(|| {
+            Failure::host(format!(
+                "unknown signal {s:?} (use a name such as TERM, KILL, INT, HUP, USR1, or a number)"
+            ))
+        })
 }
 
 pub async fn kill(ctx: &Ctx, target: &Target, pid: &str, signal: &str) -> Res<i32> {
@@ -186,15 +210,28 @@ pub async fn kill(ctx: &Ctx, target: &Target, pid: &str, signal: &str) -> Res<i3
     let sandbox = ctx.sandbox(target)?;
     sandbox.signal_process(pid, signal).await?;
     if ctx.json {
-        output::print_json(&serde_json::json!({ "id": sandbox.id(), "provider": sandbox.provider(), "pid": pid, "signal": signal }));
+        output::print_json(
+            &serde_json::json!({ "id": sandbox.id(), "provider": sandbox.provider(), "pid": pid, "signal": signal }),
+        );
     }
     Ok(0)
 }
 
 /// Create, exec, destroy — the destroy happens whatever the exec did, Ctrl-C included.
-pub async fn run(ctx: &Ctx, create: &CreateArgs, exec_timeout: Option<f64>, command: Vec<String>) -> Res<i32> {
+pub async fn run(
+    ctx: &Ctx,
+    create: &CreateArgs,
+    exec_timeout: Option<f64>,
+    command: Vec<String>,
+) -> Res<i32> {
     // Validate everything before creating anything.
-    let req = ExecRequest { command: command_of(command)?, cwd: None, env: vec![], timeout_ms: timeout_ms(exec_timeout)?, stdin: None };
+    let req = ExecRequest {
+        command: command_of(command)?,
+        cwd: None,
+        env: vec![],
+        timeout_ms: timeout_ms(exec_timeout)?,
+        stdin: None,
+    };
     lifecycle::spec_from(create)?;
 
     // From here on Ctrl-C is ours: a sandbox being created is still destroyed.
@@ -213,20 +250,36 @@ pub async fn run(ctx: &Ctx, create: &CreateArgs, exec_timeout: Option<f64>, comm
     if ctx.json {
         output::print_ndjson(&output::created_event(sandbox.provider(), sandbox.id()));
     }
-    tracing::info!(id = sandbox.id(), provider = sandbox.provider(), "sandbox created");
-    let outcome = if stop { Ok(EXIT_INTERRUPTED) } else { stream_exec(ctx, &sandbox, req).await };
+    tracing::info!(
+        id = sandbox.id(),
+        provider = sandbox.provider(),
+        "sandbox created"
+    );
+    let outcome = if stop {
+        Ok(EXIT_INTERRUPTED)
+    } else {
+        stream_exec(ctx, &sandbox, req).await
+    };
     let destroyed = sandbox.destroy().await;
     match (outcome, destroyed) {
         (Ok(code), Ok(())) => Ok(code),
         (Ok(code), Err(e)) => {
             let f = Failure::from(e);
-            output::print_error(&f.code, &format!("sandbox {} was not destroyed: {}", sandbox.id(), f.message), ctx.json);
+            output::print_error(
+                &f.code,
+                &format!("sandbox {} was not destroyed: {}", sandbox.id(), f.message),
+                ctx.json,
+            );
             Ok(if code == 0 { EXIT_HOST } else { code })
         }
         (Err(f), Ok(())) => Err(f),
         (Err(f), Err(e)) => {
             let d = Failure::from(e);
-            output::print_error(&d.code, &format!("sandbox {} was not destroyed: {}", sandbox.id(), d.message), ctx.json);
+            output::print_error(
+                &d.code,
+                &format!("sandbox {} was not destroyed: {}", sandbox.id(), d.message),
+                ctx.json,
+            );
             Err(f)
         }
     }
@@ -248,13 +301,22 @@ mod tests {
 
     #[test]
     fn one_word_is_a_shell_string() {
-        assert!(matches!(command_of(vec!["echo hi".into()]).unwrap(), Command::Shell(s) if s == "echo hi"));
-        assert!(matches!(command_of(vec!["echo".into(), "hi".into()]).unwrap(), Command::Argv(v) if v.len() == 2));
+        assert!(
+            matches!(command_of(vec!["echo hi".into()]).unwrap(), Command::Shell(s) if s == "echo hi")
+        );
+        assert!(
+            matches!(command_of(vec!["echo".into(), "hi".into()]).unwrap(), Command::Argv(v) if v.len() == 2)
+        );
     }
 
     #[test]
     fn exit_codes() {
-        let r = |exit_code, timed_out| ExecResult { exit_code, timed_out, stdout_tail: vec![], stderr_tail: vec![] };
+        let r = |exit_code, timed_out| ExecResult {
+            exit_code,
+            timed_out,
+            stdout_tail: vec![],
+            stderr_tail: vec![],
+        };
         assert_eq!(exit_code_of(&r(3, false)), 3);
         assert_eq!(exit_code_of(&r(137, true)), 124);
         assert_eq!(exit_code_of(&r(-1, false)), 125);

@@ -23,7 +23,9 @@ enum Loc {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    File { mode: u32 },
+    File {
+        mode: u32,
+    },
     Dir,
     Missing,
     /// A symlink (not followed in sandboxes) or a special file: skipped.
@@ -41,7 +43,9 @@ impl Loc {
     fn join(&self, name: &str) -> Loc {
         match self {
             Loc::Local(p) => Loc::Local(p.join(name)),
-            Loc::Remote(s, p) => Loc::Remote(s.clone(), format!("{}/{name}", p.trim_end_matches('/'))),
+            Loc::Remote(s, p) => {
+                Loc::Remote(s.clone(), format!("{}/{name}", p.trim_end_matches('/')))
+            }
         }
     }
 
@@ -58,7 +62,9 @@ impl Loc {
         match self {
             Loc::Local(p) => match std::fs::metadata(p) {
                 Ok(m) if m.is_dir() => Ok(Kind::Dir),
-                Ok(m) if m.is_file() => Ok(Kind::File { mode: m.permissions().mode() & 0o7777 }),
+                Ok(m) if m.is_file() => Ok(Kind::File {
+                    mode: m.permissions().mode() & 0o7777,
+                }),
                 Ok(_) => Ok(Kind::Other),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Kind::Missing),
                 Err(e) => Err(Failure::host(format!("{}: {e}", p.display()))),
@@ -73,7 +79,9 @@ impl Loc {
 
     async fn read(&self) -> Res<Vec<u8>> {
         match self {
-            Loc::Local(p) => std::fs::read(p).map_err(|e| Failure::host(format!("{}: {e}", p.display()))),
+            Loc::Local(p) => {
+                std::fs::read(p).map_err(|e| Failure::host(format!("{}: {e}", p.display())))
+            }
             Loc::Remote(s, p) => Ok(s.read_file(p).await?),
         }
     }
@@ -92,7 +100,9 @@ impl Loc {
     async fn mkdir(&self) -> Res<()> {
         match self {
             Loc::Local(p) => match std::fs::create_dir(p) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Failure::host(format!("{}: {e}", p.display()))),
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    Err(Failure::host(format!("{}: {e}", p.display())))
+                }
                 _ => Ok(()),
             },
             Loc::Remote(s, p) => Ok(s.mkdir(p, false).await?),
@@ -113,7 +123,9 @@ impl Loc {
                     let kind = if m.is_dir() {
                         Kind::Dir
                     } else if m.is_file() {
-                        Kind::File { mode: m.permissions().mode() & 0o7777 }
+                        Kind::File {
+                            mode: m.permissions().mode() & 0o7777,
+                        }
                     } else {
                         Kind::Other
                     };
@@ -122,14 +134,21 @@ impl Loc {
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 Ok(out)
             }
-            Loc::Remote(s, p) => Ok(s.list_dir(p).await?.into_iter().map(|st| (st.name, kind_of(st.kind, st.mode))).collect()),
+            Loc::Remote(s, p) => Ok(s
+                .list_dir(p)
+                .await?
+                .into_iter()
+                .map(|st| (st.name, kind_of(st.kind, st.mode)))
+                .collect()),
         }
     }
 }
 
 fn kind_of(kind: FileKind, mode: u32) -> Kind {
     match kind {
-        FileKind::File => Kind::File { mode: mode & 0o7777 },
+        FileKind::File => Kind::File {
+            mode: mode & 0o7777,
+        },
         FileKind::Directory => Kind::Dir,
         FileKind::Symlink | FileKind::Other => Kind::Other,
     }
@@ -144,7 +163,12 @@ struct Copied {
 }
 
 /// Copies `src` (of kind `kind`) to `dst`, recursing into directories.
-fn copy_entry<'a>(src: &'a Loc, kind: Kind, dst: &'a Loc, stats: &'a mut Copied) -> Pin<Box<dyn Future<Output = Res<()>> + 'a>> {
+fn copy_entry<'a>(
+    src: &'a Loc,
+    kind: Kind,
+    dst: &'a Loc,
+    stats: &'a mut Copied,
+) -> Pin<Box<dyn Future<Output = Res<()>> + 'a>> {
     Box::pin(async move {
         match kind {
             Kind::File { mode } => {
@@ -163,7 +187,12 @@ fn copy_entry<'a>(src: &'a Loc, kind: Kind, dst: &'a Loc, stats: &'a mut Copied)
                 }
             }
             Kind::Other => stats.skipped.push(src.describe()),
-            Kind::Missing => return Err(Failure::host(format!("{}: no such file or directory", src.describe()))),
+            Kind::Missing => {
+                return Err(Failure::host(format!(
+                    "{}: no such file or directory",
+                    src.describe()
+                )))
+            }
         }
         Ok(())
     })
@@ -172,26 +201,58 @@ fn copy_entry<'a>(src: &'a Loc, kind: Kind, dst: &'a Loc, stats: &'a mut Copied)
 /// `ID:PATH` when ID is a registered sandbox id (under `provider` when given), else a local path.
 fn operand(ctx: &Ctx, op: &str, provider: Option<&str>) -> Res<Loc> {
     if let Some((id, path)) = op.split_once(':') {
-        let known = ctx.host.sessions().find(id)?.into_iter().any(|r| provider.is_none_or(|p| p == r.provider));
+        let known = ctx
+            .host
+            .sessions()
+            .find(id)?
+            .into_iter()
+            .any(|r| provider.is_none_or(|p| p == r.provider));
         if known {
             let sandbox = ctx.host.sandbox(id, provider)?;
-            let path = if path.is_empty() { ".".to_string() } else { path.to_string() };
+            let path = if path.is_empty() {
+                ".".to_string()
+            } else {
+                path.to_string()
+            };
             return Ok(Loc::Remote(sandbox, path));
         }
     }
     Ok(Loc::Local(PathBuf::from(op)))
 }
 
-pub async fn cp(ctx: &Ctx, src: &str, dst: &str, recursive: bool, provider: Option<&str>) -> Res<i32> {
+pub async fn cp(
+    ctx: &Ctx,
+    src: &str,
+    dst: &str,
+    recursive: bool,
+    provider: Option<&str>,
+) -> Res<i32> {
     let (src, dst) = (operand(ctx, src, provider)?, operand(ctx, dst, provider)?);
     if matches!((&src, &dst), (Loc::Local(_), Loc::Local(_))) {
-        return Err(Failure::host("neither operand names a sandbox: write ID:PATH (ID as `sandbox-host ls` shows it)"));
+        return Err(Failure::host(
+            "neither operand names a sandbox: write ID:PATH (ID as `sandbox-host ls` shows it)",
+        ));
     }
     let kind = src.kind().await?;
     match kind {
-        Kind::Missing => return Err(Failure::host(format!("{}: no such file or directory", src.describe()))),
-        Kind::Dir if !recursive => return Err(Failure::host(format!("{} is a directory (use -r)", src.describe()))),
-        Kind::Other => return Err(Failure::host(format!("{} is not a regular file or directory", src.describe()))),
+        Kind::Missing => {
+            return Err(Failure::host(format!(
+                "{}: no such file or directory",
+                src.describe()
+            )))
+        }
+        Kind::Dir if !recursive => {
+            return Err(Failure::host(format!(
+                "{} is a directory (use -r)",
+                src.describe()
+            )))
+        }
+        Kind::Other => {
+            return Err(Failure::host(format!(
+                "{} is not a regular file or directory",
+                src.describe()
+            )))
+        }
         _ => {}
     }
     // Into an existing directory: keep the source's name (`cp f dir/` → `dir/f`).
@@ -200,12 +261,19 @@ pub async fn cp(ctx: &Ctx, src: &str, dst: &str, recursive: bool, provider: Opti
         _ => dst,
     };
     if kind == Kind::Dir && matches!(target.kind().await?, Kind::File { .. }) {
-        return Err(Failure::host(format!("cannot copy directory {} onto file {}", src.describe(), target.describe())));
+        return Err(Failure::host(format!(
+            "cannot copy directory {} onto file {}",
+            src.describe(),
+            target.describe()
+        )));
     }
     let mut stats = Copied::default();
     copy_entry(&src, kind, &target, &mut stats).await?;
     for s in &stats.skipped {
-        output::warn(&format!("skipped {s}: not a regular file or directory"), ctx.json);
+        output::warn(
+            &format!("skipped {s}: not a regular file or directory"),
+            ctx.json,
+        );
     }
     if ctx.json {
         output::print_json(&json!({
@@ -224,7 +292,12 @@ pub async fn files(ctx: &Ctx, target: &Target, path: &str) -> Res<i32> {
     let sandbox = ctx.sandbox(target)?;
     let stat = sandbox.stat(path).await?;
     let entries: Vec<Value> = if stat.kind == FileKind::Directory {
-        sandbox.list_dir(path).await?.iter().map(output::file_stat).collect()
+        sandbox
+            .list_dir(path)
+            .await?
+            .iter()
+            .map(output::file_stat)
+            .collect()
     } else {
         vec![output::file_stat(&stat)]
     };
@@ -238,7 +311,9 @@ pub async fn files(ctx: &Ctx, target: &Target, path: &str) -> Res<i32> {
 
 fn print_path_done(ctx: &Ctx, sandbox: &Sandbox, path: &str) {
     if ctx.json {
-        output::print_json(&json!({ "id": sandbox.id(), "provider": sandbox.provider(), "path": path }));
+        output::print_json(
+            &json!({ "id": sandbox.id(), "provider": sandbox.provider(), "path": path }),
+        );
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
@@ -12,7 +11,12 @@ use super::args::LocalboxCommand;
 use super::{daemon, output, Ctx, Failure, Localbox, Res, Setup, LOCAL};
 
 pub fn plugins(ctx: &Ctx) -> Res<i32> {
-    let list: Vec<Value> = ctx.host.plugins().iter().map(|p| output::plugin(p)).collect();
+    let list: Vec<Value> = ctx
+        .host
+        .plugins()
+        .iter()
+        .map(|p| output::plugin(p))
+        .collect();
     if ctx.json {
         output::print_json(&Value::Array(list));
     } else {
@@ -24,30 +28,47 @@ pub fn plugins(ctx: &Ctx) -> Res<i32> {
     Ok(0)
 }
 
-/// Where bubblewrap is, searched as localbox does (PATH, then the usual directories).
-fn find_bwrap() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/local/bin", "/bin"].iter().map(PathBuf::from))
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
-}
-
 /// Checks for the local provider beyond the plugin's own preflight.
 fn local_checks(ctx: &Ctx) -> Vec<Value> {
     let mut checks = vec![];
-    let isolation = ctx.setup.config.localbox.isolation.as_deref().unwrap_or("bubblewrap");
+    let isolation = ctx
+        .setup
+        .config
+        .localbox
+        .isolation
+        .as_deref()
+        .unwrap_or("bubblewrap");
     if isolation == "none" {
-        checks.push(output::check_parts("bubblewrap", "skip", "isolation = \"none\" in [localbox]: commands run without isolation"));
+        checks.push(output::check_parts(
+            "bubblewrap",
+            "skip",
+            "isolation = \"none\" in [localbox]: commands run without isolation",
+        ));
     } else {
-        match find_bwrap() {
-            Some(p) => checks.push(output::check_parts("bubblewrap", "ok", &p.display().to_string())),
-            None => checks.push(output::check_parts("bubblewrap", "fail", "bwrap not found: install the `bubblewrap` package")),
+        match localbox::find_bwrap() {
+            Some(p) => checks.push(output::check_parts(
+                "bubblewrap",
+                "ok",
+                &p.display().to_string(),
+            )),
+            None => checks.push(output::check_parts(
+                "bubblewrap",
+                "fail",
+                "bwrap not found: install the `bubblewrap` package",
+            )),
         }
     }
     match &ctx.localbox {
-        Localbox::Daemon(info) => checks.push(output::check_parts("localbox", "ok", &format!("CLI daemon at {} (pid {})", info.url, info.pid))),
-        Localbox::Operator => checks.push(output::check_parts("localbox", "ok", "the operator's localbox (localbox-url setting)")),
+        Localbox::Daemon(info) => checks.push(output::check_parts(
+            "localbox",
+            "ok",
+            &format!("CLI daemon at {} (pid {})", info.url, info.pid),
+        )),
+        Localbox::Operator => checks.push(output::check_parts(
+            "localbox",
+            "ok",
+            "the operator's localbox (localbox-url setting)",
+        )),
         Localbox::Failed(why) => checks.push(output::check_parts("localbox", "fail", why)),
         Localbox::NotNeeded => {}
     }
@@ -71,22 +92,42 @@ pub async fn doctor(ctx: &Ctx, only: Option<&str>) -> Res<i32> {
         }
     }
     for p in loaded.iter().filter(|p| only.is_none_or(|n| n == p.name())) {
-        let mut checks = vec![output::check_parts("loaded", "ok", &p.path.display().to_string())];
+        let mut checks = vec![output::check_parts(
+            "loaded",
+            "ok",
+            &p.path.display().to_string(),
+        )];
         let mut configured_any = false;
         let mut needs_any = false;
         for s in p.info.settings.iter().filter(|s| s.required) {
             needs_any = true;
             let present = p.settings.contains_key(&s.name);
             configured_any |= present;
-            let (status, detail) = if present { ("ok", "present") } else { ("fail", "missing (see `sandbox-host config show`)") };
-            checks.push(output::check_parts(&format!("setting {}", s.name), status, detail));
+            let (status, detail) = if present {
+                ("ok", "present")
+            } else {
+                ("fail", "missing (see `sandbox-host config show`)")
+            };
+            checks.push(output::check_parts(
+                &format!("setting {}", s.name),
+                status,
+                detail,
+            ));
         }
         for c in &p.info.credentials {
             needs_any = true;
             let bound = p.bound_secrets.contains(&c.secret);
             configured_any |= bound;
-            let (status, detail) = if bound { ("ok", "bound") } else { ("fail", "not set (see `sandbox-host config show`)") };
-            checks.push(output::check_parts(&format!("secret {}", c.secret), status, detail));
+            let (status, detail) = if bound {
+                ("ok", "bound")
+            } else {
+                ("fail", "not set (see `sandbox-host config show`)")
+            };
+            checks.push(output::check_parts(
+                &format!("secret {}", c.secret),
+                status,
+                detail,
+            ));
         }
         let unconfigured = needs_any && !configured_any;
         if unconfigured {
@@ -142,7 +183,9 @@ fn hosts_json<T: ToString>(v: &Option<Vec<T>>) -> Value {
 fn setting_json(source: &Source) -> Value {
     let from = match source {
         Source::Literal(_) | Source::Value { .. } => "literal".to_string(),
-        Source::Env { default: Some(d), .. } => format!("{}, default {d:?}", source.describe_redacted()),
+        Source::Env {
+            default: Some(d), ..
+        } => format!("{}, default {d:?}", source.describe_redacted()),
         _ => source.describe_redacted(),
     };
     match source.resolve() {
@@ -170,8 +213,18 @@ fn secret_json(source: &Source) -> Value {
 
 pub fn config_show(ctx: &Ctx) -> Res<i32> {
     let config = &ctx.setup.config;
-    let loaded: BTreeSet<String> = ctx.host.plugins().iter().map(|p| p.name().to_string()).collect();
-    let names: BTreeSet<String> = presets().keys().chain(config.plugins.keys()).chain(loaded.iter()).cloned().collect();
+    let loaded: BTreeSet<String> = ctx
+        .host
+        .plugins()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    let names: BTreeSet<String> = presets()
+        .keys()
+        .chain(config.plugins.keys())
+        .chain(loaded.iter())
+        .cloned()
+        .collect();
     let mut plugins = Map::new();
     for name in names {
         let cfg = config.plugin(&name);
@@ -206,7 +259,9 @@ pub fn config_show(ctx: &Ctx) -> Res<i32> {
             );
         }
     }
-    let to_value = |v: Result<Value, serde_json::Error>| v.map_err(|e| Failure::host(format!("configuration: {e}")));
+    let to_value = |v: Result<Value, serde_json::Error>| {
+        v.map_err(|e| Failure::host(format!("configuration: {e}")))
+    };
     let v = json!({
         "config_file": ctx.setup.config_file.display().to_string(),
         "config_file_found": ctx.setup.config_found,
@@ -226,19 +281,32 @@ pub fn config_show(ctx: &Ctx) -> Res<i32> {
 }
 
 /// `localbox --daemon | --listen ADDR | stop | status`.
-pub async fn localbox(setup: &Setup, json: bool, listen: Option<&str>, token: Option<String>, action: Option<&LocalboxCommand>, daemon_mode: bool) -> Res<i32> {
+pub async fn localbox(
+    setup: &Setup,
+    json: bool,
+    listen: Option<&str>,
+    token: Option<String>,
+    action: Option<&LocalboxCommand>,
+    daemon_mode: bool,
+) -> Res<i32> {
     if daemon_mode {
         daemon::run(&setup.home, &setup.config).await?;
         return Ok(0);
     }
     match (action, listen) {
-        (Some(_), Some(_)) => Err(Failure::host("--listen runs a localbox; `stop` and `status` are separate commands")),
+        (Some(_), Some(_)) => Err(Failure::host(
+            "--listen runs a localbox; `stop` and `status` are separate commands",
+        )),
         (Some(LocalboxCommand::Stop), None) => {
             let stopped = daemon::stop(&setup.home)?;
             if json {
                 output::print_json(&json!({ "stopped": stopped }));
             } else {
-                output::line(if stopped { "localbox daemon stopped" } else { "no localbox daemon was running" });
+                output::line(if stopped {
+                    "localbox daemon stopped"
+                } else {
+                    "no localbox daemon was running"
+                });
             }
             Ok(0)
         }
@@ -251,7 +319,10 @@ pub async fn localbox(setup: &Setup, json: bool, listen: Option<&str>, token: Op
                 });
             } else {
                 match &info {
-                    Some(i) => output::line(format!("localbox daemon running at {} (pid {})", i.url, i.pid)),
+                    Some(i) => output::line(format!(
+                        "localbox daemon running at {} (pid {})",
+                        i.url, i.pid
+                    )),
                     None => output::line("no localbox daemon is running"),
                 }
             }
@@ -263,7 +334,11 @@ pub async fn localbox(setup: &Setup, json: bool, listen: Option<&str>, token: Op
 
 /// Runs localbox in the foreground, serving `addr` until Ctrl-C.
 async fn standalone(setup: &Setup, json: bool, addr: &str, token: Option<String>) -> Res<i32> {
-    let addr: SocketAddr = addr.parse().map_err(|_| Failure::host(format!("invalid --listen address {addr:?}: expected IP:PORT, e.g. 0.0.0.0:7070")))?;
+    let addr: SocketAddr = addr.parse().map_err(|_| {
+        Failure::host(format!(
+            "invalid --listen address {addr:?}: expected IP:PORT, e.g. 0.0.0.0:7070"
+        ))
+    })?;
     if let Some(d) = daemon::running(&setup.home) {
         return Err(Failure::host(format!(
             "the CLI's localbox daemon (pid {}) uses this state directory; stop it first (`sandbox-host localbox stop`) or set SANDBOX_HOST_HOME",
@@ -273,12 +348,26 @@ async fn standalone(setup: &Setup, json: bool, addr: &str, token: Option<String>
     let engine = sandbox_host::local::engine_config(&setup.config.localbox, &setup.home)?;
     let (token, generated) = match token.filter(|t| !t.is_empty()) {
         Some(t) => (t, false),
-        None => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
+        None => (
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            true,
+        ),
     };
     let mut server = localbox::ServerConfig::new(token.clone());
     if !addr.ip().is_unspecified() {
         server.advertise_host = addr.ip().to_string();
     }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::host(format!("cannot listen on {addr}: {e}")))?;
+    // The bound address: with port 0 the system picked one.
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::host(e.to_string()))?;
     let url = format!("http://{addr}");
     if json {
         let mut v = json!({ "listen": addr.to_string(), "url": url });
@@ -291,8 +380,10 @@ async fn standalone(setup: &Setup, json: bool, addr: &str, token: Option<String>
         if generated {
             output::line(format!("token: {token}"));
         }
-        output::line(format!("hosts reach it with LOCALBOX_URL={url} and LOCALBOX_TOKEN set to the token"));
+        output::line(format!(
+            "hosts reach it with LOCALBOX_URL={url} and LOCALBOX_TOKEN set to the token"
+        ));
     }
-    localbox::run_standalone(addr, engine, server, None).await?;
+    localbox::run_standalone(listener, engine, server, None).await?;
     Ok(0)
 }

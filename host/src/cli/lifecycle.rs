@@ -19,9 +19,17 @@ pub fn spec_from(args: &CreateArgs) -> Res<Spec> {
         image: args.image.clone(),
         name: args.name.clone(),
         env: parse_env(&args.env)?,
-        labels: args.labels.iter().map(|l| parse_kv(l, "--label")).collect::<Res<_>>()?,
+        labels: args
+            .labels
+            .iter()
+            .map(|l| parse_kv(l, "--label"))
+            .collect::<Res<_>>()?,
         timeout_secs: args.timeout,
-        options: args.options.iter().map(|o| parse_kv(o, "--option")).collect::<Res<_>>()?,
+        options: args
+            .options
+            .iter()
+            .map(|o| parse_kv(o, "--option"))
+            .collect::<Res<_>>()?,
         ..Spec::default()
     })
 }
@@ -42,8 +50,12 @@ pub async fn with_spinner<T>(ctx: &Ctx, message: String, fut: impl Future<Output
         r = &mut fut => return r,
         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
-    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"));
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .expect("valid template"),
+    );
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(100));
     let r = fut.await;
@@ -54,8 +66,13 @@ pub async fn with_spinner<T>(ctx: &Ctx, message: String, fut: impl Future<Output
 /// Creates a sandbox as `create` and `run` do (spinner included).
 pub async fn create_sandbox(ctx: &Ctx, args: &CreateArgs) -> Res<Sandbox> {
     let spec = spec_from(args)?;
-    let provider = ctx.host.provider(&args.provider)?;
-    let created = with_spinner(ctx, format!("creating a sandbox on {}", args.provider), provider.create(spec)).await?;
+    let provider = ctx.provider(&args.provider)?;
+    let created = with_spinner(
+        ctx,
+        format!("creating a sandbox on {}", args.provider),
+        provider.create(spec),
+    )
+    .await?;
     Ok(created)
 }
 
@@ -75,7 +92,7 @@ pub async fn create(ctx: &Ctx, args: &CreateArgs) -> Res<i32> {
 }
 
 pub async fn attach(ctx: &Ctx, provider: &str, id: &str) -> Res<i32> {
-    let sandbox = ctx.host.provider(provider)?.attach(id).await?;
+    let sandbox = ctx.provider(provider)?.attach(id).await?;
     print_record(ctx, &sandbox)?;
     Ok(0)
 }
@@ -91,7 +108,10 @@ pub async fn inspect(ctx: &Ctx, target: &Target) -> Res<i32> {
         }
     };
     let record = sandbox.record()?;
-    let history = ctx.host.sessions().history(sandbox.provider(), sandbox.id())?;
+    let history = ctx
+        .host
+        .sessions()
+        .history(sandbox.provider(), sandbox.id())?;
     let v = json!({
         "record": output::record(&record),
         "provider_view": view,
@@ -109,11 +129,19 @@ pub async fn inspect(ctx: &Ctx, target: &Target) -> Res<i32> {
 pub async fn ls(ctx: &Ctx, provider: Option<&str>, labels: &[String], all: bool) -> Res<i32> {
     let labels = labels_from(labels)?;
     let records = ctx.host.registered(provider, &labels)?;
-    let mut entries: Vec<Value> = records.iter().map(|r| output::listed(output::record(r), true)).collect();
+    let mut entries: Vec<Value> = records
+        .iter()
+        .map(|r| output::listed(output::record(r), true))
+        .collect();
     if all {
         let names: Vec<String> = match provider {
             Some(p) => vec![p.to_string()],
-            None => ctx.host.plugins().iter().map(|p| p.name().to_string()).collect(),
+            None => ctx
+                .host
+                .plugins()
+                .iter()
+                .map(|p| p.name().to_string())
+                .collect(),
         };
         if let super::Localbox::Failed(why) = &ctx.localbox {
             output::warn(why, ctx.json);
@@ -131,9 +159,16 @@ pub async fn ls(ctx: &Ctx, provider: Option<&str>, labels: &[String], all: bool)
                 }
             };
             let on_provider: BTreeMap<&str, _> = found.iter().map(|s| (s.id.as_str(), s)).collect();
-            let registered: BTreeSet<String> = records.iter().filter(|r| r.provider == name).map(|r| r.sandbox_id.clone()).collect();
+            let registered: BTreeSet<String> = records
+                .iter()
+                .filter(|r| r.provider == name)
+                .map(|r| r.sandbox_id.clone())
+                .collect();
             // Registered sandboxes show the provider's current state, or `missing`.
-            for e in entries.iter_mut().filter(|e| e["provider"] == name.as_str()) {
+            for e in entries
+                .iter_mut()
+                .filter(|e| e["provider"] == name.as_str())
+            {
                 let state = match on_provider.get(e["id"].as_str().unwrap_or("")) {
                     Some(s) => output::state_name(s.state),
                     None => "missing",

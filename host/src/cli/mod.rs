@@ -42,14 +42,20 @@ pub type Res<T> = Result<T, Failure>;
 
 impl Failure {
     pub fn host(message: impl Into<String>) -> Self {
-        Failure { code: "host".into(), message: message.into() }
+        Failure {
+            code: "host".into(),
+            message: message.into(),
+        }
     }
 }
 
 impl From<sandbox_host::Error> for Failure {
     fn from(e: sandbox_host::Error) -> Self {
         let code = e.provider_error().map_or("host", |p| p.code());
-        Failure { code: code.into(), message: e.to_string() }
+        Failure {
+            code: code.into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -97,11 +103,19 @@ fn init_tracing(verbose: u8, daemon: bool) {
         _ => "trace",
     };
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(level)),
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new(level))
+        }
         _ => EnvFilter::new(level),
     };
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init();
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
 }
 
 /// The configuration and where it came from.
@@ -121,7 +135,13 @@ fn setup(cli: &Cli) -> Res<Setup> {
         None => (home.join("config.toml"), false),
     };
     let config = Config::load(&config_file, !explicit)?;
-    Ok(Setup { config_found: config_file.is_file(), home, config_file, config_explicit: explicit, config })
+    Ok(Setup {
+        config_found: config_file.is_file(),
+        home,
+        config_file,
+        config_explicit: explicit,
+        config,
+    })
 }
 
 /// How the local provider's localbox was arranged for this invocation.
@@ -146,6 +166,24 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A loaded provider; the error names the directories searched.
+    pub fn provider(&self, name: &str) -> Res<sandbox_host::Provider> {
+        self.host.provider(name).map_err(|e| {
+            let mut f = Failure::from(e);
+            let dirs: Vec<String> = self
+                .host
+                .plugin_dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            f.message.push_str(&format!(
+                " (plugin directories: {}; see `sandbox-host plugins`)",
+                dirs.join(", ")
+            ));
+            f
+        })
+    }
+
     /// Resolves a sandbox id (with `--provider` to disambiguate).
     pub fn sandbox(&self, target: &args::Target) -> Res<sandbox_host::Sandbox> {
         Ok(self.host.sandbox(&target.id, target.provider.as_deref())?)
@@ -167,15 +205,30 @@ struct Lookup(Option<SqliteStore>);
 
 impl Lookup {
     fn open(setup: &Setup) -> Lookup {
-        let state_dir = setup.config.host.state_dir.clone().unwrap_or_else(|| setup.home.clone());
+        let state_dir = setup
+            .config
+            .host
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| setup.home.clone());
         let db = state_dir.join("sessions.db");
-        Lookup(if db.is_file() { SqliteStore::open(&db).ok() } else { None })
+        Lookup(if db.is_file() {
+            SqliteStore::open(&db).ok()
+        } else {
+            None
+        })
     }
 
     /// Providers that know this id (restricted to `provider` when given).
     fn providers_of(&self, id: &str, provider: Option<&str>) -> Vec<String> {
         let Some(store) = &self.0 else { return vec![] };
-        store.find(id).unwrap_or_default().into_iter().map(|r| r.provider).filter(|p| provider.is_none_or(|want| want == p)).collect()
+        store
+            .find(id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.provider)
+            .filter(|p| provider.is_none_or(|want| want == p))
+            .collect()
     }
 }
 
@@ -191,15 +244,41 @@ fn target_need(lookup: &Lookup, id: &str, provider: Option<&str>) -> Need {
 }
 
 fn local_need(cmd: &Command, lookup: &Lookup) -> Need {
-    let all_or_local = |p: &Option<String>| if p.as_deref().is_none_or(|p| p == LOCAL) { Need::Optional } else { Need::No };
+    let all_or_local = |p: &Option<String>| {
+        if p.as_deref().is_none_or(|p| p == LOCAL) {
+            Need::Optional
+        } else {
+            Need::No
+        }
+    };
     match cmd {
         Command::Plugins => Need::Optional,
         Command::Doctor { provider } => all_or_local(provider),
-        Command::Ls { provider, all: true, .. } => all_or_local(provider),
+        Command::Ls {
+            provider,
+            all: true,
+            ..
+        } => all_or_local(provider),
         Command::Ls { .. } | Command::Config { .. } | Command::Localbox { .. } => Need::No,
-        Command::Create(c) | Command::Run { create: c, .. } => if c.provider == LOCAL { Need::Yes } else { Need::No },
-        Command::Attach { provider, .. } => if provider == LOCAL { Need::Yes } else { Need::No },
-        Command::Inspect(t) | Command::Ps(t) | Command::Pause(t) | Command::Resume(t) | Command::Rm(t) => target_need(lookup, &t.id, t.provider.as_deref()),
+        Command::Create(c) | Command::Run { create: c, .. } => {
+            if c.provider == LOCAL {
+                Need::Yes
+            } else {
+                Need::No
+            }
+        }
+        Command::Attach { provider, .. } => {
+            if provider == LOCAL {
+                Need::Yes
+            } else {
+                Need::No
+            }
+        }
+        Command::Inspect(t)
+        | Command::Ps(t)
+        | Command::Pause(t)
+        | Command::Resume(t)
+        | Command::Rm(t) => target_need(lookup, &t.id, t.provider.as_deref()),
         Command::Exec { target: t, .. }
         | Command::Kill { target: t, .. }
         | Command::Files { target: t, .. }
@@ -207,11 +286,23 @@ fn local_need(cmd: &Command, lookup: &Lookup) -> Need {
         | Command::Mkdir { target: t, .. }
         | Command::Port { target: t, .. }
         | Command::Timeout { target: t, .. } => target_need(lookup, &t.id, t.provider.as_deref()),
-        Command::Cp { src, dst, provider, .. } => {
-            let local = [src, dst].iter().filter_map(|op| op.split_once(':')).any(|(id, _)| {
-                lookup.providers_of(id, provider.as_deref()).iter().any(|p| p == LOCAL)
-            });
-            if local { Need::Yes } else { Need::No }
+        Command::Cp {
+            src, dst, provider, ..
+        } => {
+            let local = [src, dst]
+                .iter()
+                .filter_map(|op| op.split_once(':'))
+                .any(|(id, _)| {
+                    lookup
+                        .providers_of(id, provider.as_deref())
+                        .iter()
+                        .any(|p| p == LOCAL)
+                });
+            if local {
+                Need::Yes
+            } else {
+                Need::No
+            }
         }
     }
 }
@@ -230,13 +321,20 @@ fn arrange_localbox(setup: &mut Setup, need: Need) -> Res<Localbox> {
             sandbox_host::local::configure_local_plugin(&mut setup.config, &info.url, &info.token);
             Ok(Localbox::Daemon(info))
         }
-        Err(e) if need == Need::Optional => Ok(Localbox::Failed(format!("cannot start the localbox daemon: {e:#}"))),
-        Err(e) => Err(Failure::host(format!("cannot start the localbox daemon: {e:#}"))),
+        Err(e) if need == Need::Optional => Ok(Localbox::Failed(format!(
+            "cannot start the localbox daemon: {e:#}"
+        ))),
+        Err(e) => Err(Failure::host(format!(
+            "cannot start the localbox daemon: {e:#}"
+        ))),
     }
 }
 
 async fn build_host(cli: &Cli, setup: &Setup) -> Res<Host> {
-    let mut builder = HostBuilder::new().home(&setup.home).config(setup.config.clone()).hot_reload(false);
+    let mut builder = HostBuilder::new()
+        .home(&setup.home)
+        .config(setup.config.clone())
+        .hot_reload(false);
     if let Some(dir) = &cli.plugins {
         builder = builder.plugins_dir(dir);
     }
@@ -249,36 +347,92 @@ async fn build_host(cli: &Cli, setup: &Setup) -> Res<Host> {
 
 async fn dispatch(cli: Cli) -> Res<i32> {
     let mut setup = setup(&cli)?;
-    if let Command::Localbox { listen, token, action, daemon } = &cli.command {
-        return info::localbox(&setup, cli.json, listen.as_deref(), token.clone(), action.as_ref(), *daemon).await;
+    if let Command::Localbox {
+        listen,
+        token,
+        action,
+        daemon,
+    } = &cli.command
+    {
+        return info::localbox(
+            &setup,
+            cli.json,
+            listen.as_deref(),
+            token.clone(),
+            action.as_ref(),
+            *daemon,
+        )
+        .await;
     }
     let need = local_need(&cli.command, &Lookup::open(&setup));
     let localbox = arrange_localbox(&mut setup, need)?;
     let host = build_host(&cli, &setup).await?;
-    let ctx = Ctx { host, json: cli.json, setup, localbox };
+    let ctx = Ctx {
+        host,
+        json: cli.json,
+        setup,
+        localbox,
+    };
     match cli.command {
         Command::Plugins => info::plugins(&ctx),
         Command::Doctor { provider } => info::doctor(&ctx, provider.as_deref()).await,
-        Command::Config { what: args::ConfigCommand::Show } => info::config_show(&ctx),
+        Command::Config {
+            what: args::ConfigCommand::Show,
+        } => info::config_show(&ctx),
         Command::Create(c) => lifecycle::create(&ctx, &c).await,
         Command::Attach { provider, id } => lifecycle::attach(&ctx, &provider, &id).await,
         Command::Inspect(t) => lifecycle::inspect(&ctx, &t).await,
-        Command::Ls { provider, labels, all } => lifecycle::ls(&ctx, provider.as_deref(), &labels, all).await,
+        Command::Ls {
+            provider,
+            labels,
+            all,
+        } => lifecycle::ls(&ctx, provider.as_deref(), &labels, all).await,
         Command::Pause(t) => lifecycle::pause(&ctx, &t).await,
         Command::Resume(t) => lifecycle::resume(&ctx, &t).await,
         Command::Rm(t) => lifecycle::rm(&ctx, &t).await,
         Command::Timeout { target, secs } => lifecycle::timeout(&ctx, &target, secs).await,
         Command::Port { target, port } => lifecycle::port(&ctx, &target, port).await,
-        Command::Exec { target, cwd, env, timeout, detach, stdin, command } => {
-            let opts = exec::ExecOpts { cwd, env, timeout, stdin, command };
+        Command::Exec {
+            target,
+            cwd,
+            env,
+            timeout,
+            detach,
+            stdin,
+            command,
+        } => {
+            let opts = exec::ExecOpts {
+                cwd,
+                env,
+                timeout,
+                stdin,
+                command,
+            };
             exec::exec(&ctx, &target, opts, detach).await
         }
         Command::Ps(t) => exec::ps(&ctx, &t).await,
-        Command::Kill { target, pid, signal } => exec::kill(&ctx, &target, &pid, &signal).await,
-        Command::Run { create, exec_timeout, command } => exec::run(&ctx, &create, exec_timeout, command).await,
-        Command::Cp { recursive, src, dst, provider } => files::cp(&ctx, &src, &dst, recursive, provider.as_deref()).await,
+        Command::Kill {
+            target,
+            pid,
+            signal,
+        } => exec::kill(&ctx, &target, &pid, &signal).await,
+        Command::Run {
+            create,
+            exec_timeout,
+            command,
+        } => exec::run(&ctx, &create, exec_timeout, command).await,
+        Command::Cp {
+            recursive,
+            src,
+            dst,
+            provider,
+        } => files::cp(&ctx, &src, &dst, recursive, provider.as_deref()).await,
         Command::Files { target, path } => files::files(&ctx, &target, &path).await,
-        Command::RmPath { target, path, recursive } => files::rm_path(&ctx, &target, &path, recursive).await,
+        Command::RmPath {
+            target,
+            path,
+            recursive,
+        } => files::rm_path(&ctx, &target, &path, recursive).await,
         Command::Mkdir { target, path } => files::mkdir(&ctx, &target, &path).await,
         Command::Localbox { .. } => unreachable!("handled before the host is built"),
     }
@@ -300,7 +454,9 @@ pub fn parse_env(items: &[String]) -> Res<Vec<(String, String)>> {
             Some(_) => parse_kv(s, "--env"),
             None => match std::env::var(s) {
                 Ok(v) if !s.is_empty() => Ok((s.clone(), v)),
-                _ => Err(Failure::host(format!("invalid --env {s:?}: expected K=V (or K set in this environment)"))),
+                _ => Err(Failure::host(format!(
+                    "invalid --env {s:?}: expected K=V (or K set in this environment)"
+                ))),
             },
         })
         .collect()

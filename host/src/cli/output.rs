@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use sandbox_host::registry::{SessionRecord, StateChange};
 use sandbox_host::types::{
-    Capabilities, Check, Endpoint, ExecResult, FileKind, FileStat, OutputStream, ProcessInfo, SandboxState,
+    Capabilities, Check, Endpoint, ExecResult, FileKind, FileStat, OutputStream, ProcessInfo,
 };
 use sandbox_host::SandboxInfo;
 
@@ -72,7 +72,10 @@ pub fn print_error(code: &str, message: &str, json_mode: bool) {
 /// A warning on stderr (the command goes on).
 pub fn warn(message: &str, json_mode: bool) {
     if json_mode {
-        err_line(&serde_json::to_string(&json!({ "warning": { "message": message } })).expect("JSON values serialize"));
+        err_line(
+            &serde_json::to_string(&json!({ "warning": { "message": message } }))
+                .expect("JSON values serialize"),
+        );
     } else {
         err_line(&format!("sandbox-host: warning: {message}"));
     }
@@ -85,24 +88,23 @@ pub fn error(code: &str, message: &str) -> Value {
     json!({ "error": { "code": code, "message": message } })
 }
 
-pub fn state_name(s: SandboxState) -> &'static str {
-    match s {
-        SandboxState::Starting => "starting",
-        SandboxState::Running => "running",
-        SandboxState::Paused => "paused",
-        SandboxState::Stopped => "stopped",
-        SandboxState::Error => "error",
-        SandboxState::Unknown => "unknown",
-    }
-}
+pub use sandbox_host::state_name;
 
 /// Key-value pairs as a JSON object (a later duplicate key wins).
 pub fn pairs(p: &[(String, String)]) -> Value {
-    Value::Object(p.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(
+        p.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 fn string_map(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 /// Record: a sandbox as the registry knows it (never its token).
@@ -266,7 +268,11 @@ fn opt_text(v: &Value, key: &str) -> String {
 /// `k=v,k2=v2` from a JSON object.
 pub fn labels_text(v: &Value) -> String {
     match v.as_object() {
-        Some(m) if !m.is_empty() => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","),
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
         _ => "-".into(),
     }
 }
@@ -311,7 +317,12 @@ pub fn utc(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `5s ago`, `3m ago`, `2h ago`, `4d ago`.
@@ -348,7 +359,14 @@ pub fn render_ls(entries: &[Value], show_registered: bool) -> String {
                 e["created_at_ms"].as_i64().map_or("-".into(), ago),
             ];
             if show_registered {
-                row.push(if e["registered"].as_bool() == Some(true) { "yes" } else { "no" }.into());
+                row.push(
+                    if e["registered"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .into(),
+                );
             }
             row
         })
@@ -367,17 +385,31 @@ pub fn render_inspect(v: &Value) -> String {
     kv("image", opt_text(r, "image"));
     kv("workdir", opt_text(r, "workdir"));
     kv("labels", labels_text(&r["labels"]));
-    kv("created", r["created_at_ms"].as_i64().map_or("-".into(), utc));
-    kv("updated", r["updated_at_ms"].as_i64().map_or("-".into(), utc));
+    kv(
+        "created",
+        r["created_at_ms"].as_i64().map_or("-".into(), utc),
+    );
+    kv(
+        "updated",
+        r["updated_at_ms"].as_i64().map_or("-".into(), utc),
+    );
     kv("state", format!("{} (registry)", s(r, "state")));
     match (&v["provider_view"], &v["provider_error"]) {
-        (p, _) if p.is_object() => kv("observed", format!("{} (the provider's view now)", s(p, "state"))),
+        (p, _) if p.is_object() => kv(
+            "observed",
+            format!("{} (the provider's view now)", s(p, "state")),
+        ),
         (_, e) if e.is_object() => kv("observed", format!("error: {}", s(e, "message"))),
         _ => {}
     }
     t.push_str("history:\n");
     for h in v["history"].as_array().into_iter().flatten() {
-        t.push_str(&format!("  {}  {:<10} {}\n", h["at_ms"].as_i64().map_or("-".into(), utc), s(h, "state"), s(h, "detail")));
+        t.push_str(&format!(
+            "  {}  {:<10} {}\n",
+            h["at_ms"].as_i64().map_or("-".into(), utc),
+            s(h, "state"),
+            s(h, "detail")
+        ));
     }
     t
 }
@@ -391,7 +423,12 @@ pub fn render_files(entries: &[Value]) -> String {
             if s(e, "kind") == "directory" {
                 name.push('/');
             }
-            vec![s(e, "kind").to_string(), mode_octal(e["mode"].as_u64().unwrap_or(0)), e["size"].as_u64().unwrap_or(0).to_string(), name]
+            vec![
+                s(e, "kind").to_string(),
+                mode_octal(e["mode"].as_u64().unwrap_or(0)),
+                e["size"].as_u64().unwrap_or(0).to_string(),
+                name,
+            ]
         })
         .collect();
     table(&["KIND", "MODE", "SIZE", "NAME"], &rows)
@@ -405,8 +442,16 @@ pub fn render_processes(entries: &[Value]) -> String {
             let running = p["running"].as_bool() == Some(true);
             vec![
                 s(p, "pid").to_string(),
-                if running { "running".into() } else { "exited".into() },
-                if running { "-".into() } else { opt_text(p, "exit_code") },
+                if running {
+                    "running".into()
+                } else {
+                    "exited".into()
+                },
+                if running {
+                    "-".into()
+                } else {
+                    opt_text(p, "exit_code")
+                },
                 s(p, "command").to_string(),
             ]
         })
@@ -416,7 +461,11 @@ pub fn render_processes(entries: &[Value]) -> String {
 
 fn list_text(v: &Value) -> String {
     match v.as_array() {
-        Some(a) if !a.is_empty() => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect::<Vec<_>>().join(", "),
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(", "),
         _ => "-".into(),
     }
 }
@@ -426,12 +475,21 @@ pub fn render_plugins(plugins: &[Value]) -> String {
     let mut t = String::new();
     for p in plugins {
         let sha = s(p, "sha256");
-        t.push_str(&format!("{} {} (contract {})  sha256 {}\n", s(p, "name"), s(p, "version"), s(p, "contract_version"), &sha[..sha.len().min(12)]));
+        t.push_str(&format!(
+            "{} {} (contract {})  sha256 {}\n",
+            s(p, "name"),
+            s(p, "version"),
+            s(p, "contract_version"),
+            &sha[..sha.len().min(12)]
+        ));
         if !s(p, "description").is_empty() {
             t.push_str(&format!("  {}\n", s(p, "description")));
         }
         t.push_str(&format!("  path:         {}\n", s(p, "path")));
-        t.push_str(&format!("  capabilities: {}\n", list_text(&p["capabilities"])));
+        t.push_str(&format!(
+            "  capabilities: {}\n",
+            list_text(&p["capabilities"])
+        ));
         t.push_str(&format!("  allow:        {}\n", list_text(&p["allow"])));
     }
     if plugins.is_empty() {
@@ -444,7 +502,12 @@ pub fn render_plugins(plugins: &[Value]) -> String {
 pub fn render_doctor(v: &Value) -> String {
     let mut t = String::new();
     for p in v["plugins"].as_array().into_iter().flatten() {
-        t.push_str(&format!("{} {}: {}\n", s(p, "name"), opt_text(p, "version"), s(p, "status")));
+        t.push_str(&format!(
+            "{} {}: {}\n",
+            s(p, "name"),
+            opt_text(p, "version"),
+            s(p, "status")
+        ));
         if let Some(allow) = p.get("allow") {
             t.push_str(&format!("  allow: {}\n", list_text(allow)));
         }
@@ -460,7 +523,11 @@ pub fn render_doctor(v: &Value) -> String {
     for e in v["load_errors"].as_array().into_iter().flatten() {
         t.push_str(&format!("[FAIL] load: {}\n", e.as_str().unwrap_or("")));
     }
-    t.push_str(if v["ok"].as_bool() == Some(true) { "all checks passed\n" } else { "some checks failed\n" });
+    t.push_str(if v["ok"].as_bool() == Some(true) {
+        "all checks passed\n"
+    } else {
+        "some checks failed\n"
+    });
     t
 }
 
@@ -469,16 +536,26 @@ pub fn render_doctor(v: &Value) -> String {
 fn toml_value(v: &Value) -> String {
     match v {
         Value::Object(m) => {
-            let inner: Vec<String> = m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v))).collect();
+            let inner: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v)))
+                .collect();
             format!("{{ {} }}", inner.join(", "))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
 
 fn toml_key(k: &str) -> String {
-    if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         k.to_string()
     } else {
         Value::String(k.into()).to_string()
@@ -501,17 +578,39 @@ pub fn render_config(v: &Value) -> String {
     t.push_str(&format!(
         "# configuration file: {}{}\n",
         s(v, "config_file"),
-        if v["config_file_found"].as_bool() == Some(true) { "" } else { " (not found; presets and defaults only)" }
+        if v["config_file_found"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (not found; presets and defaults only)"
+        }
     ));
     t.push_str(&format!("# state directory: {}\n", s(v, "home")));
-    t.push_str(&format!("# plugin directories: {}\n", list_text(&v["plugin_dirs"])));
+    t.push_str(&format!(
+        "# plugin directories: {}\n",
+        list_text(&v["plugin_dirs"])
+    ));
     let empty = Map::new();
     toml_section(&mut t, "host", v["host"].as_object().unwrap_or(&empty));
-    toml_section(&mut t, "defaults.limits", v["defaults"]["limits"].as_object().unwrap_or(&empty));
-    toml_section(&mut t, "localbox", v["localbox"].as_object().unwrap_or(&empty));
+    toml_section(
+        &mut t,
+        "defaults.limits",
+        v["defaults"]["limits"].as_object().unwrap_or(&empty),
+    );
+    toml_section(
+        &mut t,
+        "localbox",
+        v["localbox"].as_object().unwrap_or(&empty),
+    );
     for (name, p) in v["plugins"].as_object().unwrap_or(&empty) {
         t.push_str(&format!("\n[plugins.{}]\n", toml_key(name)));
-        t.push_str(&format!("# {}\n", if p["loaded"].as_bool() == Some(true) { "plugin loaded" } else { "plugin not loaded" }));
+        t.push_str(&format!(
+            "# {}\n",
+            if p["loaded"].as_bool() == Some(true) {
+                "plugin loaded"
+            } else {
+                "plugin not loaded"
+            }
+        ));
         if let Some(note) = p.get("note").and_then(Value::as_str) {
             t.push_str(&format!("# {note}\n"));
         }
@@ -522,12 +621,26 @@ pub fn render_config(v: &Value) -> String {
         }
         for (k, st) in p["settings"].as_object().unwrap_or(&empty) {
             match &st["value"] {
-                Value::Null => t.push_str(&format!("# settings.{} is unset (from {})\n", toml_key(k), s(st, "source"))),
-                val => t.push_str(&format!("settings.{} = {}  # from {}\n", toml_key(k), toml_value(val), s(st, "source"))),
+                Value::Null => t.push_str(&format!(
+                    "# settings.{} is unset (from {})\n",
+                    toml_key(k),
+                    s(st, "source")
+                )),
+                val => t.push_str(&format!(
+                    "settings.{} = {}  # from {}\n",
+                    toml_key(k),
+                    toml_value(val),
+                    s(st, "source")
+                )),
             }
         }
         for (k, sec) in p["secrets"].as_object().unwrap_or(&empty) {
-            t.push_str(&format!("secrets.{} = {}  # {}\n", toml_key(k), toml_value(&sec["source"]), s(sec, "status")));
+            t.push_str(&format!(
+                "secrets.{} = {}  # {}\n",
+                toml_key(k),
+                toml_value(&sec["source"]),
+                s(sec, "status")
+            ));
         }
         if let Some(l) = p.get("limits") {
             t.push_str(&format!("limits = {}\n", toml_value(l)));
@@ -555,7 +668,10 @@ mod tests {
 
     #[test]
     fn toml_values_quote_and_inline() {
-        assert_eq!(toml_value(&json!({"a": 1, "b c": "x", "n": null})), r#"{ a = 1, "b c" = "x" }"#);
+        assert_eq!(
+            toml_value(&json!({"a": 1, "b c": "x", "n": null})),
+            r#"{ a = 1, "b c" = "x" }"#
+        );
         assert_eq!(toml_value(&json!(["h", 2])), r#"["h", 2]"#);
     }
 }

@@ -20,7 +20,13 @@ pub struct GuardedBody {
 
 impl GuardedBody {
     pub fn new(inner: hyper::body::Incoming, cap: u64, between_frames: Duration) -> Self {
-        GuardedBody { inner, cap, seen: 0, between_frames, deadline: Box::pin(tokio::time::sleep(between_frames)) }
+        GuardedBody {
+            inner,
+            cap,
+            seen: 0,
+            between_frames,
+            deadline: Box::pin(tokio::time::sleep(between_frames)),
+        }
     }
 }
 
@@ -28,7 +34,10 @@ impl Body for GuardedBody {
     type Data = Bytes;
     type Error = Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
         if this.seen > this.cap {
             return Poll::Ready(None);

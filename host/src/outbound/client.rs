@@ -70,9 +70,13 @@ fn tls_config(ca_files: &[PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in ca_files {
         let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))? {
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?
+        {
             let cert = cert.map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("CA file {}: {e}", path.display()))?;
             n += 1;
         }
         anyhow::ensure!(n > 0, "CA file {} holds no certificate", path.display());
@@ -84,12 +88,21 @@ fn tls_config(ca_files: &[PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-fn build_clients(ca_files: &[PathBuf], explicit: Arc<RwLock<HashSet<String>>>) -> anyhow::Result<Clients> {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver { inner: GaiResolver::new(), explicit });
+fn build_clients(
+    ca_files: &[PathBuf],
+    explicit: Arc<RwLock<HashSet<String>>>,
+) -> anyhow::Result<Clients> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        inner: GaiResolver::new(),
+        explicit,
+    });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(30)));
-    let proxy = ProxyConnector { direct: http.clone(), matcher: Arc::new(Matcher::from_env()) };
+    let proxy = ProxyConnector {
+        direct: http.clone(),
+        matcher: Arc::new(Matcher::from_env()),
+    };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_files)?)
         .https_or_http()
@@ -97,7 +110,8 @@ fn build_clients(ca_files: &[PathBuf], explicit: Arc<RwLock<HashSet<String>>>) -
         .enable_http2()
         .wrap_connector(proxy);
     let pool = |b: &mut hyper_util::client::legacy::Builder| {
-        b.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(64);
+        b.pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64);
     };
     let mut b = Client::builder(TokioExecutor::new());
     pool(&mut b);
@@ -137,7 +151,10 @@ impl Service<Name> for GuardedResolver {
         let fut = self.inner.call(name);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = fut.await?.collect();
-            let kept: Vec<SocketAddr> = addrs.into_iter().filter(|a| explicit || !is_sensitive_ip(a.ip())).collect();
+            let kept: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| explicit || !is_sensitive_ip(a.ip()))
+                .collect();
             if kept.is_empty() {
                 return Err(Box::new(ProhibitedAddress(host)) as _);
             }
@@ -170,16 +187,25 @@ impl Service<http::Uri> for ProxyConnector {
         let intercept = self.matcher.intercept(&dst);
         Box::pin(async move {
             let Some(proxy) = intercept else {
-                return Ok(Conn { io: direct.call(dst).await?, proxied: false });
+                return Ok(Conn {
+                    io: direct.call(dst).await?,
+                    proxied: false,
+                });
             };
             if dst.scheme_str() == Some("https") {
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                Ok(Conn { io: tunnel.call(dst).await?, proxied: false })
+                Ok(Conn {
+                    io: tunnel.call(dst).await?,
+                    proxied: false,
+                })
             } else {
-                Ok(Conn { io: direct.call(proxy.uri().clone()).await?, proxied: true })
+                Ok(Conn {
+                    io: direct.call(proxy.uri().clone()).await?,
+                    proxied: true,
+                })
             }
         })
     }
@@ -198,13 +224,21 @@ impl Connection for Conn {
 }
 
 impl Read for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
 impl Write for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -216,7 +250,11 @@ impl Write for Conn {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }

@@ -39,7 +39,11 @@ pub struct BoundSecret {
 
 impl std::fmt::Debug for BoundSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BoundSecret({} -> {}, <redacted>)", self.name, self.header)
+        write!(
+            f,
+            "BoundSecret({} -> {}, <redacted>)",
+            self.name, self.header
+        )
     }
 }
 
@@ -67,25 +71,44 @@ impl WasiHttpHooks for Hooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<
-        dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
-            + Send,
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
     > {
         let egress = self.0.clone();
         Box::new(async move {
             let resp = egress.send(request, options.unwrap_or_default()).await?;
-            Ok((resp, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+            Ok((
+                resp,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+            ))
         })
     }
 }
 
 /// The URI without query or fragment, safe to log.
 fn loggable(uri: &http::Uri) -> String {
-    format!("{}://{}{}", uri.scheme_str().unwrap_or("?"), uri.authority().map_or("?", |a| a.as_str()), uri.path())
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("?"),
+        uri.authority().map_or("?", |a| a.as_str()),
+        uri.path()
+    )
 }
 
 impl Egress {
     /// Applies the policy and sends. Public so the hook can be tested without wasm.
-    pub async fn send(&self, mut req: http::Request<WasiBody>, options: RequestOptions) -> Result<http::Response<WasiBody>, Error> {
+    pub async fn send(
+        &self,
+        mut req: http::Request<WasiBody>,
+        options: RequestOptions,
+    ) -> Result<http::Response<WasiBody>, Error> {
         let uri = req.uri().clone();
         let started = Instant::now();
         let method = req.method().clone();
@@ -104,12 +127,21 @@ impl Egress {
             }
         }
         let h2c = uri.scheme_str() == Some("http") && self.h2c.allows_uri(&uri);
-        if h2c && req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
-            req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
+        if h2c
+            && req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        {
+            req.headers_mut()
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         // Connecting is bounded by the connector (30 s); a pooled connection needs none. The
         // head of the response must come within the plugin's connect + first-byte timeouts.
-        let head_timeout = options.connect_timeout.unwrap_or(Duration::ZERO) + options.first_byte_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
+        let head_timeout = options.connect_timeout.unwrap_or(Duration::ZERO)
+            + options
+                .first_byte_timeout
+                .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
         let fut = async {
             if h2c {
                 self.clients.h2c.request(req).await
@@ -132,12 +164,18 @@ impl Egress {
             Ok(Ok(resp)) => resp,
         };
         tracing::info!(plugin = %self.plugin, %method, url = %loggable(&uri), status = resp.status().as_u16(), latency_ms, "outbound request");
-        if let Some(len) = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if let Some(len) = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
             if len > self.response_cap {
                 return Err(Error::HttpResponseBodySize(Some(self.response_cap)));
             }
         }
-        let between = options.between_bytes_timeout.unwrap_or(DEFAULT_BETWEEN_BYTES_TIMEOUT);
+        let between = options
+            .between_bytes_timeout
+            .unwrap_or(DEFAULT_BETWEEN_BYTES_TIMEOUT);
         let cap = self.response_cap;
         Ok(resp.map(|b| body::GuardedBody::new(b, cap, between).boxed_unsync()))
     }
@@ -174,7 +212,9 @@ fn map_client_error(e: &hyper_util::client::legacy::Error) -> Error {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return Error::ConnectionRefused,
                 std::io::ErrorKind::TimedOut => return Error::ConnectionTimeout,
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => return Error::ConnectionTerminated,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    return Error::ConnectionTerminated
+                }
                 _ => {}
             }
             // io::Error hides what it wraps from `source()`: descend into it instead.

@@ -33,19 +33,28 @@ impl CompileCache {
     }
 
     fn path(&self, sha: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{sha}-{}.cwasm", self.fingerprint)))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{sha}-{}.cwasm", self.fingerprint)))
     }
 
     /// Loads the component for these bytes, compiling and storing it on a miss. Blocking:
     /// call from `spawn_blocking`.
-    pub fn load(&self, engine: &Engine, bytes: &[u8], sha: &str) -> wasmtime::Result<(Component, Origin)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha: &str,
+    ) -> wasmtime::Result<(Component, Origin)> {
         if let Some(path) = self.path(sha) {
             if path.exists() {
                 // SAFETY: the file was written by `Component::serialize` of an engine with the
                 // same compatibility hash (it is in the name), into a directory only the host writes.
                 match unsafe { Component::deserialize_file(engine, &path) } {
                     Ok(c) => return Ok((c, Origin::Cached)),
-                    Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e:#}")
+                    }
                 }
             }
         }

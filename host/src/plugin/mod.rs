@@ -55,7 +55,11 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.name).field("path", &self.path).field("sha256", &self.sha256).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .finish()
     }
 }
 
@@ -69,14 +73,19 @@ pub struct Loader {
 }
 
 fn load_err(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Load { path: path.to_path_buf(), reason: reason.to_string() }
+    Error::Load {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Names are used in config sections, CLI arguments and the registry.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && name.as_bytes()[0].is_ascii_lowercase()
 }
 
@@ -92,7 +101,12 @@ impl Loader {
         let sha = sha256_hex(bytes);
         let runtime = self.runtime.clone();
         let (component, origin) = {
-            let (engine, cache, sha, bytes) = (runtime.engine.clone(), self.cache.clone(), sha.clone(), bytes.to_vec());
+            let (engine, cache, sha, bytes) = (
+                runtime.engine.clone(),
+                self.cache.clone(),
+                sha.clone(),
+                bytes.to_vec(),
+            );
             // Compilation is CPU-heavy: keep it off the async workers.
             tokio::task::spawn_blocking(move || cache.load(&engine, &bytes, &sha))
                 .await
@@ -100,7 +114,10 @@ impl Loader {
                 .map_err(|e| load_err(path, format!("not a valid component: {e:#}")))?
         };
         check_contract(&runtime, &component).map_err(|r| load_err(path, r))?;
-        let pre = runtime.linker.instantiate_pre(&component).map_err(|e| load_err(path, format!("{e:#}")))?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(path, format!("{e:#}")))?;
         let pre = ProviderPluginPre::new(pre).map_err(|e| load_err(path, format!("{e:#}")))?;
 
         // describe() runs with no network and the default limits.
@@ -114,9 +131,17 @@ impl Loader {
             on_denied: None,
         });
         let limits = Limits::default();
-        let info = run_call(&runtime, &pre, "describe", probe, Arc::default(), &limits, None, Duration::ZERO, |g, s| {
-            Box::pin(g.call_describe(s))
-        })
+        let info = run_call(
+            &runtime,
+            &pre,
+            "describe",
+            probe,
+            Arc::default(),
+            &limits,
+            None,
+            Duration::ZERO,
+            |g, s| Box::pin(g.call_describe(s)),
+        )
         .await
         .map_err(|e| load_err(path, e))?
         .0;
@@ -125,7 +150,13 @@ impl Loader {
         let cfg = self.config.plugin(&info.name);
         if let Some(pin) = &cfg.sha256 {
             if !pin.eq_ignore_ascii_case(&sha) {
-                return Err(load_err(path, format!("sha256 {sha} does not match the pinned {pin} for plugin {}", info.name)));
+                return Err(load_err(
+                    path,
+                    format!(
+                        "sha256 {sha} does not match the pinned {pin} for plugin {}",
+                        info.name
+                    ),
+                ));
             }
         }
         let mut settings = BTreeMap::new();
@@ -142,19 +173,46 @@ impl Loader {
         let allow = effective_allowlist(&cfg, &settings);
         let mut secrets = vec![];
         for binding in &info.credentials {
-            let Some(source) = cfg.secrets.get(&binding.secret) else { continue };
-            let Some(value) = source.resolve()? else { continue };
-            let header = HeaderName::try_from(binding.header.as_str()).map_err(|e| load_err(path, format!("credential header {:?}: {e}", binding.header)))?;
-            let value = HeaderValue::try_from(binding.format.replace("{}", &value))
-                .map_err(|_| load_err(path, format!("secret {} does not make a valid header value", binding.secret)))?;
+            let Some(source) = cfg.secrets.get(&binding.secret) else {
+                continue;
+            };
+            let Some(value) = source.resolve()? else {
+                continue;
+            };
+            let header = HeaderName::try_from(binding.header.as_str()).map_err(|e| {
+                load_err(path, format!("credential header {:?}: {e}", binding.header))
+            })?;
+            let value =
+                HeaderValue::try_from(binding.format.replace("{}", &value)).map_err(|_| {
+                    load_err(
+                        path,
+                        format!(
+                            "secret {} does not make a valid header value",
+                            binding.secret
+                        ),
+                    )
+                })?;
             let hosts = match source.hosts() {
                 Some(h) => Allowlist(h.to_vec()),
                 None => Allowlist::parse(&binding.hosts).map_err(|e| load_err(path, e))?,
             };
-            secrets.push(BoundSecret { name: binding.secret.clone(), header, value, hosts });
+            secrets.push(BoundSecret {
+                name: binding.secret.clone(),
+                header,
+                value,
+                hosts,
+            });
         }
-        self.clients.grant_names(allow.0.iter().filter_map(|e| e.exact_name().map(str::to_string)));
-        let clients = self.clients.get(cfg.ca_files.as_deref().unwrap_or(&[])).map_err(|e| load_err(path, format!("{e:#}")))?;
+        self.clients.grant_names(
+            allow
+                .0
+                .iter()
+                .filter_map(|e| e.exact_name().map(str::to_string)),
+        );
+        let clients = self
+            .clients
+            .get(cfg.ca_files.as_deref().unwrap_or(&[]))
+            .map_err(|e| load_err(path, format!("{e:#}")))?;
         let limits = self.config.limits(&info.name);
         let name: Arc<str> = Arc::from(info.name.as_str());
         let egress = Arc::new(Egress {
@@ -186,30 +244,57 @@ impl Loader {
 
 /// Refuses components that do not export a contract version this host speaks, naming what
 /// they do export.
-fn check_contract(runtime: &Runtime, component: &wasmtime::component::Component) -> Result<(), String> {
+fn check_contract(
+    runtime: &Runtime,
+    component: &wasmtime::component::Component,
+) -> Result<(), String> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(&runtime.engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(&runtime.engine)
+        .map(|(n, _)| n.to_string())
+        .collect();
     if exports.iter().any(|e| e == CONTRACT_EXPORT) {
         return Ok(());
     }
-    match exports.iter().find(|e| e.starts_with("sandbox:provider/provider@")) {
-        Some(other) => Err(format!("exports {other}, but this host supports {CONTRACT_EXPORT}")),
-        None => Err(format!("does not export {CONTRACT_EXPORT} (exports: {})", exports.join(", "))),
+    match exports
+        .iter()
+        .find(|e| e.starts_with("sandbox:provider/provider@"))
+    {
+        Some(other) => Err(format!(
+            "exports {other}, but this host supports {CONTRACT_EXPORT}"
+        )),
+        None => Err(format!(
+            "does not export {CONTRACT_EXPORT} (exports: {})",
+            exports.join(", ")
+        )),
     }
 }
 
 fn validate_info(info: &PluginInfo) -> Result<(), String> {
     if !valid_name(&info.name) {
-        return Err(format!("plugin name {:?} must be lowercase letters, digits, '-' or '_'", info.name));
+        return Err(format!(
+            "plugin name {:?} must be lowercase letters, digits, '-' or '_'",
+            info.name
+        ));
     }
-    let compatible = info.contract_version.split('.').take(2).eq(CONTRACT_VERSION.split('.').take(2));
+    let compatible = info
+        .contract_version
+        .split('.')
+        .take(2)
+        .eq(CONTRACT_VERSION.split('.').take(2));
     if !compatible {
-        return Err(format!("built for contract {}, this host speaks {CONTRACT_VERSION}", info.contract_version));
+        return Err(format!(
+            "built for contract {}, this host speaks {CONTRACT_VERSION}",
+            info.contract_version
+        ));
     }
     for b in &info.credentials {
         Allowlist::parse(&b.hosts).map_err(|e| format!("credential {}: {e}", b.secret))?;
         if !b.format.contains("{}") {
-            return Err(format!("credential {}: format {:?} has no {{}}", b.secret, b.format));
+            return Err(format!(
+                "credential {}: format {:?} has no {{}}",
+                b.secret, b.format
+            ));
         }
     }
     Ok(())
@@ -230,10 +315,28 @@ impl LoadedPlugin {
         extra_time: Duration,
         f: impl for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
     ) -> Result<(R, Option<String>), Error> {
-        let _permit = self.permits.acquire().await.map_err(|_| Error::Internal("plugin unloaded".into()))?;
-        run_call(&self.runtime, &self.pre, call, self.egress.clone(), self.settings.clone(), &self.limits, sink, extra_time, f)
+        let _permit = self
+            .permits
+            .acquire()
             .await
-            .map_err(|fault| Error::Plugin { plugin: self.name.to_string(), call, fault })
+            .map_err(|_| Error::Internal("plugin unloaded".into()))?;
+        run_call(
+            &self.runtime,
+            &self.pre,
+            call,
+            self.egress.clone(),
+            self.settings.clone(),
+            &self.limits,
+            sink,
+            extra_time,
+            f,
+        )
+        .await
+        .map_err(|fault| Error::Plugin {
+            plugin: self.name.to_string(),
+            call,
+            fault,
+        })
     }
 }
 
@@ -242,12 +345,21 @@ impl LoadedPlugin {
     /// instance (benchmarks). Not used to serve calls.
     #[doc(hidden)]
     pub async fn idle_instance(&self) -> wasmtime::Result<Store<CallState>> {
-        let state = CallState::new(self.name.clone(), self.egress.clone(), self.settings.clone(), self.limits.memory_bytes, None);
+        let state = CallState::new(
+            self.name.clone(),
+            self.egress.clone(),
+            self.settings.clone(),
+            self.limits.memory_bytes,
+            None,
+        );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(u64::MAX / 2);
         let instance = self.pre.instantiate_async(&mut store).await?;
-        instance.sandbox_provider_provider().call_describe(&mut store).await?;
+        instance
+            .sandbox_provider_provider()
+            .call_describe(&mut store)
+            .await?;
         Ok(store)
     }
 }
@@ -264,7 +376,13 @@ async fn run_call<R: Send>(
     extra_time: Duration,
     f: impl for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
 ) -> Result<(R, Option<String>), PluginFault> {
-    let state = CallState::new(egress.plugin.clone(), egress, settings, limits.memory_bytes, sink);
+    let state = CallState::new(
+        egress.plugin.clone(),
+        egress,
+        settings,
+        limits.memory_bytes,
+        sink,
+    );
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|s| &mut s.limiter);
     let budget_ticks = (limits.cpu_budget.as_millis() / TICK.as_millis()).max(1) as u64;
@@ -292,7 +410,9 @@ async fn run_call<R: Send>(
         Ok(Ok(r)) => Ok((r, store.into_data().refreshed_token)),
         Ok(Err(e)) => Err(if state.limiter.memory_exceeded {
             PluginFault::MemoryLimit(limits.memory_bytes)
-        } else if state.cpu_ticks > budget_ticks && e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        } else if state.cpu_ticks > budget_ticks
+            && e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+        {
             PluginFault::CpuBudget(limits.cpu_budget)
         } else {
             PluginFault::Trap(format!("{e:#}"))

@@ -53,7 +53,11 @@ impl Runtime {
         let linker = build_linker(&engine)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop.clone());
-        Ok(Runtime { engine, linker, stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            stop,
+        })
     }
 
     /// Identifies compiled artifacts this engine can load (for the compile cache key).
@@ -94,7 +98,13 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
     random::insecure::add_to_linker::<CallState, WasiRandom>(&mut l, |t| t.random())?;
     random::insecure_seed::add_to_linker::<CallState, WasiRandom>(&mut l, |t| t.random())?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
-    crate::bindings::sandbox::provider::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut l, |s| s)?;
-    crate::bindings::sandbox::provider::types::add_to_linker::<CallState, HasSelf<CallState>>(&mut l, |s| s)?;
+    crate::bindings::sandbox::provider::host::add_to_linker::<CallState, HasSelf<CallState>>(
+        &mut l,
+        |s| s,
+    )?;
+    crate::bindings::sandbox::provider::types::add_to_linker::<CallState, HasSelf<CallState>>(
+        &mut l,
+        |s| s,
+    )?;
     Ok(l)
 }

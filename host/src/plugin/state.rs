@@ -46,15 +46,24 @@ impl CallState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .stdout(LogStream { plugin: plugin.clone(), stream: "stdout" })
-            .stderr(LogStream { plugin: plugin.clone(), stream: "stderr" })
+            .stdout(LogStream {
+                plugin: plugin.clone(),
+                stream: "stdout",
+            })
+            .stderr(LogStream {
+                plugin: plugin.clone(),
+                stream: "stderr",
+            })
             .build();
         CallState {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
             hooks: Hooks(egress),
-            limiter: Limiter { memory_bytes, memory_exceeded: false },
+            limiter: Limiter {
+                memory_bytes,
+                memory_exceeded: false,
+            },
             cpu_ticks: 0,
             plugin,
             settings,
@@ -66,13 +75,20 @@ impl CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for CallState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -83,7 +99,12 @@ pub struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit of {} MiB exceeded", self.memory_bytes >> 20);
@@ -91,7 +112,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 
@@ -159,7 +185,10 @@ impl IsTerminal for LogStream {
 
 impl wasmtime_wasi::cli::StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LogWriter { plugin: self.plugin.clone(), stream: self.stream })
+        Box::new(LogWriter {
+            plugin: self.plugin.clone(),
+            stream: self.stream,
+        })
     }
 }
 
@@ -169,7 +198,11 @@ struct LogWriter {
 }
 
 impl tokio::io::AsyncWrite for LogWriter {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let text = String::from_utf8_lossy(&buf[..buf.len().min(LOG_LINE_MAX)]);
         for line in text.lines().filter(|l| !l.is_empty()) {
             tracing::debug!(target: "plugin", plugin = &*self.plugin, stream = self.stream, "{line}");

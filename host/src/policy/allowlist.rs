@@ -76,8 +76,13 @@ impl FromStr for AllowedHost {
     type Err = AllowlistError;
 
     fn from_str(entry: &str) -> Result<Self, Self::Err> {
-        let err = |reason| AllowlistError { entry: entry.to_string(), reason };
-        let (scheme, rest) = entry.split_once("://").ok_or_else(|| err("the scheme is required, e.g. https://"))?;
+        let err = |reason| AllowlistError {
+            entry: entry.to_string(),
+            reason,
+        };
+        let (scheme, rest) = entry
+            .split_once("://")
+            .ok_or_else(|| err("the scheme is required, e.g. https://"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "*" => SchemePattern::Any,
             s @ ("http" | "https") => SchemePattern::Exact(s.to_string()),
@@ -88,7 +93,9 @@ impl FromStr for AllowedHost {
             return Err(err("the host is missing"));
         }
         if rest.contains(['/', '?', '#', '@']) {
-            return Err(err("only scheme://host[:port] is allowed (no path, query or credentials)"));
+            return Err(err(
+                "only scheme://host[:port] is allowed (no path, query or credentials)",
+            ));
         }
         let (host, port) = split_host_port(rest).ok_or_else(|| err("malformed host or port"))?;
         let host = host.to_ascii_lowercase();
@@ -142,7 +149,9 @@ fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
         }
     } else {
         match s.split_once(':') {
-            Some((h, p)) if !h.is_empty() && !p.is_empty() && !p.contains(':') => Some((h, Some(p))),
+            Some((h, p)) if !h.is_empty() && !p.is_empty() && !p.contains(':') => {
+                Some((h, Some(p)))
+            }
             Some(_) => None,
             None => Some((s, None)),
         }
@@ -196,7 +205,9 @@ pub fn is_sensitive_host(host: &str) -> bool {
 /// Addresses a wildcard grant never reaches (see the module docs).
 pub fn is_sensitive_ip(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+        }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_sensitive_ip(IpAddr::V4(v4));
@@ -231,7 +242,10 @@ impl AllowedHost {
                 }
             }
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
         match &self.host {
             HostPattern::Exact(h) => same_host(h, host),
@@ -261,7 +275,11 @@ pub struct Allowlist(pub Vec<AllowedHost>);
 
 impl Allowlist {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, AllowlistError> {
-        entries.iter().map(|e| e.as_ref().parse()).collect::<Result<_, _>>().map(Allowlist)
+        entries
+            .iter()
+            .map(|e| e.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(Allowlist)
     }
 
     /// Whether any entry allows the URI. URIs without scheme or host are denied.
@@ -281,7 +299,9 @@ mod tests {
     use super::*;
 
     fn allows(entry: &str, url: &str) -> bool {
-        Allowlist::parse(&[entry]).unwrap().allows_uri(&url.parse().unwrap())
+        Allowlist::parse(&[entry])
+            .unwrap()
+            .allows_uri(&url.parse().unwrap())
     }
 
     #[test]
@@ -292,21 +312,37 @@ mod tests {
             ("https://api.e2b.app", "http://api.e2b.app/", false),
             ("https://api.e2b.app", "https://api.e2b.app:8443/", false),
             ("https://api.e2b.app", "https://evil.app/", false),
-            ("https://api.e2b.app", "https://api.e2b.app.evil.com/", false),
+            (
+                "https://api.e2b.app",
+                "https://api.e2b.app.evil.com/",
+                false,
+            ),
             ("https://*.modal.run", "https://a.modal.run/", true),
             ("https://*.modal.run", "https://a.b.modal.run/", true),
             ("https://*.modal.run", "https://modal.run/", false),
             ("https://*.modal.run", "https://evilmodal.run/", false),
             ("http://127.0.0.1:*", "http://127.0.0.1:9999/", true),
             ("http://127.0.0.1:*", "http://127.0.0.2:9999/", false),
-            ("http://127.0.0.1:8000..8002", "http://127.0.0.1:8001/", true),
-            ("http://127.0.0.1:8000..8002", "http://127.0.0.1:8002/", false),
+            (
+                "http://127.0.0.1:8000..8002",
+                "http://127.0.0.1:8001/",
+                true,
+            ),
+            (
+                "http://127.0.0.1:8000..8002",
+                "http://127.0.0.1:8002/",
+                false,
+            ),
             ("*://example.com:8443", "http://example.com:8443/", true),
             ("*://example.com:8443", "https://example.com:8443/", true),
             ("https://*", "https://anything.example/", true),
             // Wildcards never reach loopback, link-local or localhost.
             ("https://*", "https://127.0.0.1/", false),
-            ("http://*:*", "http://169.254.169.254/latest/meta-data", false),
+            (
+                "http://*:*",
+                "http://169.254.169.254/latest/meta-data",
+                false,
+            ),
             ("http://*:*", "http://localhost:80/", false),
             ("http://*:*", "http://[::1]:80/", false),
             ("http://*:*", "http://[::ffff:127.0.0.1]:80/", false),
@@ -342,13 +378,21 @@ mod tests {
             "https://[::1",
             "https://example.com:",
         ] {
-            assert!(bad.parse::<AllowedHost>().is_err(), "{bad} should not parse");
+            assert!(
+                bad.parse::<AllowedHost>().is_err(),
+                "{bad} should not parse"
+            );
         }
     }
 
     #[test]
     fn display_round_trip() {
-        for entry in ["https://api.e2b.app:443", "http://127.0.0.1:*", "*://*.x.io:1..5", "http://[::1]:80"] {
+        for entry in [
+            "https://api.e2b.app:443",
+            "http://127.0.0.1:*",
+            "*://*.x.io:1..5",
+            "http://[::1]:80",
+        ] {
             let parsed: AllowedHost = entry.parse().unwrap();
             assert_eq!(parsed.to_string(), entry);
             assert_eq!(parsed.to_string().parse::<AllowedHost>().unwrap(), parsed);
