@@ -10,8 +10,8 @@ use sandbox_host::plugin::runtime::Runtime;
 use sandbox_host::types::{ExecRequest, Spec};
 use sandbox_host::{EngineOptions, Host, HostBuilder};
 use sandbox_tests::localbox_support::LocalboxServer;
-use sandbox_tests::servers::TestServer;
 use sandbox_tests::plugin_file;
+use sandbox_tests::servers::TestServer;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -78,18 +78,31 @@ async fn call_overhead() {
         std::hint::black_box(native_describe());
         native.push(t.elapsed());
     }
-    println!("native describe (floor):     median {:8.2} µs", us(median(native.clone())));
+    println!(
+        "native describe (floor):     median {:8.2} µs",
+        us(median(native.clone()))
+    );
     for pooling in [false, true] {
         let home = tempfile::tempdir().unwrap();
         let h = host(&["hostile"], "", pooling, home.path()).await;
         let plugin = h.plugins()[0].clone();
         for _ in 0..200 {
-            plugin.call("describe", None, Duration::ZERO, |g, s| Box::pin(g.call_describe(s))).await.unwrap();
+            plugin
+                .call("describe", None, Duration::ZERO, |g, s| {
+                    Box::pin(g.call_describe(s))
+                })
+                .await
+                .unwrap();
         }
         let mut times = Vec::with_capacity(N);
         for _ in 0..N {
             let t = Instant::now();
-            plugin.call("describe", None, Duration::ZERO, |g, s| Box::pin(g.call_describe(s))).await.unwrap();
+            plugin
+                .call("describe", None, Duration::ZERO, |g, s| {
+                    Box::pin(g.call_describe(s))
+                })
+                .await
+                .unwrap();
             times.push(t.elapsed());
         }
         println!(
@@ -105,7 +118,9 @@ fn compile_vs_cache() {
     println!("\n## Compile vs cached load");
     let runtime = Runtime::new(&EngineOptions::default()).unwrap();
     for name in ["example", "hostile", "local"] {
-        let Ok(bytes) = std::fs::read(plugin_file(name)) else { continue };
+        let Ok(bytes) = std::fs::read(plugin_file(name)) else {
+            continue;
+        };
         let sha = sha256_hex(&bytes);
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(Some(dir.path().to_path_buf()), runtime.fingerprint());
@@ -140,23 +155,38 @@ async fn host_start() {
         drop(host(&plugins, "", false, home.path()).await);
         times.push(t.elapsed());
     }
-    println!("{} plugins: median {:.1} ms (budget: 6 plugins < 100 ms)", plugins.len(), median(times).as_secs_f64() * 1e3);
+    println!(
+        "{} plugins: median {:.1} ms (budget: 6 plugins < 100 ms)",
+        plugins.len(),
+        median(times).as_secs_f64() * 1e3
+    );
 }
 
 async fn concurrency() {
     println!("\n## 1,000 concurrent in-flight calls against a loopback server");
     let server = TestServer::start().await;
     let home = tempfile::tempdir().unwrap();
-    let config = format!("[plugins.hostile]\nallow = [\"http://127.0.0.1:{}\"]\n", server.addr.port());
+    let config = format!(
+        "[plugins.hostile]\nallow = [\"http://127.0.0.1:{}\"]\n",
+        server.addr.port()
+    );
     let h = host(&["hostile"], &config, true, home.path()).await;
-    let sandbox = h.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+    let sandbox = h
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
     let url = server.url("/ok");
     let rss_before = rss_kib("VmRSS:");
     let t = Instant::now();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let (s, url) = (sandbox.clone(), url.clone());
-            tokio::spawn(async move { s.exec(ExecRequest::argv(["egress", url.as_str()]), None).await })
+            tokio::spawn(async move {
+                s.exec(ExecRequest::argv(["egress", url.as_str()]), None)
+                    .await
+            })
         })
         .collect();
     let mut errors = 0;
@@ -189,15 +219,25 @@ async fn concurrency() {
         idle.push(plugin.idle_instance().await.unwrap());
     }
     let after = rss_kib("VmRSS:");
-    println!("memory per idle instance: {:.1} KiB (200 instances alive)", (after.saturating_sub(before)) as f64 / 200.0);
+    println!(
+        "memory per idle instance: {:.1} KiB (200 instances alive)",
+        (after.saturating_sub(before)) as f64 / 200.0
+    );
 }
 
 async fn local_exec() {
-    println!("\n## One `exec true` through the local plugin vs the same bubblewrapped command directly");
+    println!(
+        "\n## One `exec true` through the local plugin vs the same bubblewrapped command directly"
+    );
     let lb = LocalboxServer::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = host(&["local"], &lb.config_toml(), false, home.path()).await;
-    let sandbox = h.provider("local").unwrap().create(Spec::default()).await.unwrap();
+    let sandbox = h
+        .provider("local")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
     const N: usize = 100;
     let mut plugin_times = vec![];
     let mut engine_times = vec![];
@@ -207,19 +247,49 @@ async fn local_exec() {
     for _ in 0..N {
         // Interleaved so machine noise hits all three alike.
         let t = Instant::now();
-        let r = sandbox.exec(ExecRequest::argv(["true"]), None).await.unwrap();
+        let r = sandbox
+            .exec(ExecRequest::argv(["true"]), None)
+            .await
+            .unwrap();
         plugin_times.push(t.elapsed());
         assert_eq!(r.exit_code, 0);
 
         let t = Instant::now();
-        lb.engine.exec(&engine_id, localbox::ExecRequest::argv(["true"])).await.unwrap();
+        lb.engine
+            .exec(&engine_id, localbox::ExecRequest::argv(["true"]))
+            .await
+            .unwrap();
         engine_times.push(t.elapsed());
 
         let t = Instant::now();
         let status = tokio::process::Command::new("bwrap")
-            .args(["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"])
-            .args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"])
-            .args(["--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev"])
+            .args([
+                "--unshare-user",
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--die-with-parent",
+            ])
+            .args([
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+            ])
+            .args([
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+            ])
             .arg("--bind")
             .arg(ws.path())
             .args(["/workspace", "--chdir", "/workspace", "true"])
@@ -229,9 +299,20 @@ async fn local_exec() {
         direct_times.push(t.elapsed());
         assert!(status.success());
     }
-    let (p, e, d) = (median(plugin_times), median(engine_times), median(direct_times));
-    println!("direct bwrap spawn:           median {:7.2} ms", d.as_secs_f64() * 1e3);
-    println!("localbox engine (no HTTP):    median {:7.2} ms ({:.2}x direct)", e.as_secs_f64() * 1e3, e.as_secs_f64() / d.as_secs_f64());
+    let (p, e, d) = (
+        median(plugin_times),
+        median(engine_times),
+        median(direct_times),
+    );
+    println!(
+        "direct bwrap spawn:           median {:7.2} ms",
+        d.as_secs_f64() * 1e3
+    );
+    println!(
+        "localbox engine (no HTTP):    median {:7.2} ms ({:.2}x direct)",
+        e.as_secs_f64() * 1e3,
+        e.as_secs_f64() / d.as_secs_f64()
+    );
     println!(
         "local plugin (wasm + HTTP):   median {:7.2} ms ({:.2}x direct; budget < 2x)",
         p.as_secs_f64() * 1e3,
@@ -243,7 +324,15 @@ async fn local_exec() {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("sandbox-host benchmarks ({} build, {} cores)\n", if cfg!(debug_assertions) { "debug" } else { "release" }, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "sandbox-host benchmarks ({} build, {} cores)\n",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     call_overhead().await;
     compile_vs_cache();
     host_start().await;
