@@ -36,6 +36,7 @@ where
 }
 
 /// Host pids whose real uid is `uid`.
+/// Live (non-zombie) processes whose real uid is `uid`.
 pub fn pids_of_uid(uid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -45,6 +46,10 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
             continue;
         };
+        // Zombies hold nothing; they wait for the machine's init to reap them.
+        if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+            continue;
+        }
         if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
             if line.split_whitespace().nth(1) == Some(uid.to_string().as_str()) {
                 out.push(pid);
