@@ -9,7 +9,10 @@ PROVIDER_PLUGINS := local example
 FIXTURE_PLUGINS := hostile
 GUEST_OUT := plugins/target/$(WASM_TARGET)/release
 
-.PHONY: run test build plugins bench wasm-target bwrap lint clean help
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test build plugins bench wasm-target bwrap venv sdk-test lint clean help
 
 help:
 	@echo "make run      build, then demo a sandbox on the local provider"
@@ -42,10 +45,26 @@ build: plugins
 run: build bwrap
 	./scripts/demo.sh ./target/release/sandbox-host
 
+# The Python venv with the providers' official SDKs (pinned in tests/sdk/requirements.txt).
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/sdk/requirements.txt
+	@python3 -m venv --help >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+	@touch $@
+
+# The SDK tests: official SDKs against the emulators. pytest's exit code 5 (no tests ran) is a failure.
+sdk-test: venv
+	$(CARGO) build -p sandbox-emulator
+	$(PY) -m pytest -q tests/sdk; rc=$$?; if [ $$rc = 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 test: plugins bwrap
 	cd plugins && $(CARGO) test -p kit
-	$(CARGO) build -p sandbox-host
+	$(CARGO) build -p sandbox-host -p sandbox-emulator
 	$(CARGO) test --workspace
+	$(MAKE) sdk-test
 
 bench: plugins bwrap
 	$(CARGO) run --release -p sandbox-bench
