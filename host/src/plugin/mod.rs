@@ -130,7 +130,8 @@ impl Loader {
             clients: self.clients.get(&[]).map_err(|e| load_err(path, e))?,
             on_denied: None,
         });
-        let limits = Limits::default();
+        // describe() must not do I/O: tight limits keep a hostile one from stalling a load.
+        let limits = Limits { cpu_budget: Duration::from_secs(1), call_timeout: Duration::from_secs(5), ..Limits::default() };
         let info = run_call(
             &runtime,
             &pre,
