@@ -6,7 +6,7 @@ set -euo pipefail
 sh_bin=${1:-./target/release/sandbox-host}
 if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m'; off=$'\033[0m'; else bold=; off=; fi
 step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$off"; }
-run() { printf '$ sandbox-host %s\n' "$*"; "$sh_bin" "$@"; }
+run() { printf '$ sandbox-host'; printf ' %q' "$@"; printf '\n'; "$sh_bin" "$@"; }
 
 step "Provider plugins"
 run plugins
