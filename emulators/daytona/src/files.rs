@@ -1,0 +1,279 @@
+//! Toolbox file routes: bulk upload and download (multipart, binary intact), list, info,
+//! folder creation, permissions, delete. Paths are the sandbox's view; `/home/daytona` is the
+//! workdir and relative paths resolve against it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use localbox::{FileKind, FileStat};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::dto;
+use crate::multipart::MultipartWriter;
+use crate::process::{sandbox_path, workdir};
+use crate::state::App;
+
+type Ctx = State<Arc<App>>;
+
+/// Largest upload accepted (the host's default file cap is 64 MiB).
+const MAX_UPLOAD: usize = 1 << 30;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route(
+            "/toolbox/{id}/files/bulk-upload",
+            post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/toolbox/{id}/files/bulk-download", post(download))
+        .route(
+            "/toolbox/{id}/files",
+            axum::routing::get(list).delete(remove),
+        )
+        .route("/toolbox/{id}/files/info", axum::routing::get(info))
+        .route("/toolbox/{id}/files/folder", post(folder))
+        .route("/toolbox/{id}/files/permissions", post(permissions))
+}
+
+/// `-rw-r--r--` from a kind and permission bits.
+fn mode_string(kind: FileKind, mode: u32) -> String {
+    let mut s = String::from(match kind {
+        FileKind::Directory => "d",
+        FileKind::Symlink => "L",
+        _ => "-",
+    });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+/// A daemon `FileInfo`, with paths shown as the client named them.
+fn file_info(st: &FileStat, shown_path: &str) -> Value {
+    let mod_time = crate::state::iso_from_ms(st.modified_ms);
+    json!({
+        "name": st.name,
+        "path": shown_path,
+        "isDir": st.kind == FileKind::Directory,
+        "size": st.size,
+        "mode": mode_string(st.kind, st.mode),
+        "permissions": format!("{:04o}", st.mode & 0o7777),
+        "owner": "daytona",
+        "group": "daytona",
+        "modTime": mod_time,
+        "modifiedAt": mod_time,
+    })
+}
+
+#[derive(Deserialize)]
+struct PathQuery {
+    path: String,
+    recursive: Option<bool>,
+    mode: Option<String>,
+}
+
+fn resolve(app: &App, id: &str, p: &str) -> Result<String, Response> {
+    let wd = workdir(app, id)?;
+    if p.is_empty() {
+        return Err(dto::daemon_error(400, "BAD_REQUEST", "path is required"));
+    }
+    Ok(sandbox_path(&wd, p))
+}
+
+async fn upload(State(app): Ctx, Path(id): Path<String>, mut form: Multipart) -> Response {
+    if let Err(r) = workdir(&app, &id) {
+        return r;
+    }
+    // files[i].path names where files[i].file goes; a file part's filename is the fallback.
+    let mut paths: HashMap<String, String> = HashMap::new();
+    let mut files: Vec<(String, Option<String>, bytes::Bytes)> = Vec::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return dto::daemon_error(400, "BAD_REQUEST", &format!("multipart: {e}")),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let filename = field.file_name().map(str::to_string);
+        let data = match field.bytes().await {
+            Ok(d) => d,
+            Err(e) => return dto::daemon_error(400, "BAD_REQUEST", &format!("multipart: {e}")),
+        };
+        if let Some(index) = name.strip_suffix(".path") {
+            paths.insert(
+                index.to_string(),
+                String::from_utf8_lossy(&data).into_owned(),
+            );
+        } else if let Some(index) = name.strip_suffix(".file") {
+            files.push((index.to_string(), filename, data));
+        }
+    }
+    let mut errors = Vec::new();
+    let mut written = Vec::new();
+    for (index, filename, data) in files {
+        let Some(dst) = paths.get(&index).cloned().or(filename) else {
+            errors.push(format!("{index}: no destination path"));
+            continue;
+        };
+        let target = match resolve(&app, &id, &dst) {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        match app
+            .opts
+            .engine
+            .write_file(&id, &target, data.to_vec(), None)
+            .await
+        {
+            Ok(()) => written.push(dst),
+            Err(e) => errors.push(format!("{dst}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response();
+    }
+    Json(json!({ "files": written })).into_response()
+}
+
+#[derive(Deserialize)]
+struct DownloadBody {
+    paths: Vec<String>,
+}
+
+async fn download(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Json(b): Json<DownloadBody>,
+) -> Response {
+    let mut w = MultipartWriter::new();
+    for p in &b.paths {
+        let target = match resolve(&app, &id, p) {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        match app.opts.engine.read_file(&id, &target).await {
+            Ok(data) => w.part("file", p, "application/octet-stream", &data),
+            Err(e) => {
+                let (status, code) = dto::localbox_status(&e);
+                let body = dto::daemon_error_body(status, code, &e.to_string());
+                w.part("error", p, "application/json", body.to_string().as_bytes());
+            }
+        }
+    }
+    let ct = w.content_type();
+    ([("content-type", ct)], w.finish()).into_response()
+}
+
+async fn list(State(app): Ctx, Path(id): Path<String>, Query(q): Query<PathQuery>) -> Response {
+    let target = match resolve(&app, &id, &q.path) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match app.opts.engine.list_dir(&id, &target).await {
+        Ok(entries) => {
+            let base = q.path.trim_end_matches('/');
+            let all: Vec<Value> = entries
+                .iter()
+                .map(|st| file_info(st, &format!("{base}/{}", st.name)))
+                .collect();
+            Json(all).into_response()
+        }
+        Err(e) => dto::from_localbox(e),
+    }
+}
+
+async fn info(State(app): Ctx, Path(id): Path<String>, Query(q): Query<PathQuery>) -> Response {
+    let target = match resolve(&app, &id, &q.path) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match app.opts.engine.stat(&id, &target).await {
+        Ok(st) => Json(file_info(&st, &q.path)).into_response(),
+        Err(e) => dto::from_localbox(e),
+    }
+}
+
+async fn folder(State(app): Ctx, Path(id): Path<String>, Query(q): Query<PathQuery>) -> Response {
+    let target = match resolve(&app, &id, &q.path) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    // The daemon creates parents (os.MkdirAll); an existing directory is fine.
+    match app.opts.engine.mkdir(&id, &target, true).await {
+        Ok(()) => {
+            if let Some(mode) = q.mode.as_deref() {
+                let _ = chmod(&app, &id, &target, mode).await;
+            }
+            StatusCode::CREATED.into_response()
+        }
+        Err(e) => dto::from_localbox(e),
+    }
+}
+
+async fn remove(State(app): Ctx, Path(id): Path<String>, Query(q): Query<PathQuery>) -> Response {
+    let target = match resolve(&app, &id, &q.path) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match app
+        .opts
+        .engine
+        .remove(&id, &target, q.recursive.unwrap_or(false))
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => dto::from_localbox(e),
+    }
+}
+
+/// `chmod MODE PATH` run in the sandbox (localbox has no chmod of its own).
+async fn chmod(app: &App, id: &str, target: &str, mode: &str) -> Result<(), Response> {
+    if mode.is_empty() || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(dto::daemon_error(
+            400,
+            "BAD_REQUEST",
+            &format!("invalid mode {mode:?}"),
+        ));
+    }
+    let out = app
+        .opts
+        .engine
+        .exec(id, localbox::ExecRequest::argv(["chmod", mode, target]))
+        .await
+        .map_err(dto::from_localbox)?;
+    if out.exit_code != 0 {
+        let msg = String::from_utf8_lossy(&out.stderr_tail).into_owned();
+        let status = if msg.contains("No such file") {
+            404
+        } else {
+            400
+        };
+        return Err(dto::daemon_error(status, "FILE_NOT_FOUND", msg.trim()));
+    }
+    Ok(())
+}
+
+async fn permissions(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    let target = match resolve(&app, &id, &q.path) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let Some(mode) = q.mode.as_deref() {
+        if let Err(r) = chmod(&app, &id, &target, mode).await {
+            return r;
+        }
+    }
+    StatusCode::OK.into_response()
+}

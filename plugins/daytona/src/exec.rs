@@ -1,0 +1,475 @@
+//! Commands through toolbox sessions, which keep stdout and stderr apart (`process/execute`
+//! merges them): a session per command, the command started with `runAsync`, then its exit code
+//! and its log polled, new output emitted as it appears. The log is fetched raw
+//! (`X-Daytona-Split-Output: true`, no SDK version): every line marked `\x01\x01\x01` (stdout) or
+//! `\x02\x02\x02` (stderr), bytes intact — JSON would mangle binary output.
+//!
+//! Background processes are session commands too: pid = `<session>:<command id>`; a signal ends
+//! the session (Daytona has no per-command signal), after which the process reads as ended.
+
+use std::time::Duration;
+
+use kit::http::{Method, Request};
+use kit::{
+    Command, ExecOutput, ExecRequest, ExecResult, OutputChunk, ProcessInfo, Result, SandboxRef,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{request, toolbox_base, SendExt};
+
+const STDOUT_MARK: &[u8] = b"\x01\x01\x01";
+const STDERR_MARK: &[u8] = b"\x02\x02\x02";
+/// Session ids this plugin creates start with these.
+const EXEC_PREFIX: &str = "sandbox-host-exec-";
+const BG_PREFIX: &str = "sandbox-host-bg-";
+/// Longest pause between two polls of a running command.
+const MAX_POLL: Duration = Duration::from_millis(250);
+/// Exit code reported for a command killed at its timeout (as coreutils `timeout` does).
+const TIMEOUT_EXIT: i32 = 124;
+
+/// Splits a marked-up log into (stdout, stderr).
+pub fn demux(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut current: Option<bool> = None; // Some(true) = stdout
+    let mut i = 0;
+    while i < log.len() {
+        if log[i..].starts_with(STDOUT_MARK) {
+            current = Some(true);
+            i += 3;
+            continue;
+        }
+        if log[i..].starts_with(STDERR_MARK) {
+            current = Some(false);
+            i += 3;
+            continue;
+        }
+        // Text before any marker (an old daemon's plain log) counts as stdout.
+        let next = log[i + 1..]
+            .iter()
+            .position(|b| *b == 1 || *b == 2)
+            .map_or(log.len(), |p| i + 1 + p);
+        match current {
+            Some(false) => err.extend_from_slice(&log[i..next]),
+            _ => out.extend_from_slice(&log[i..next]),
+        }
+        i = next;
+    }
+    (out, err)
+}
+
+fn hex(n: usize) -> String {
+    kit::random_bytes(n)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn toolbox(method: Method, base: &str, segments: &[&str]) -> Request {
+    request(method, kit::url(base, segments))
+}
+
+/// Creates a session. Safe to retry on a transport failure: the id is ours, so a 409 on a
+/// retry means the first attempt made it.
+fn create_session(base: &str, sid: &str) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = toolbox(Method::Post, base, &["process", "session"])
+            .json(&json!({ "sessionId": sid }))
+            .ok_5xx();
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(kit::Error::Conflict(_)) if attempt > 1 => return Ok(()),
+            Err(kit::Error::Unavailable(m)) if attempt < 3 => {
+                kit::debug!("daytona: creating session {sid}: {m}; retrying");
+                kit::sleep(Duration::from_millis(20 * attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn delete_session(base: &str, sid: &str) -> Result<()> {
+    match toolbox(Method::Delete, base, &["process", "session", sid]).ok_5xx() {
+        Ok(_) | Err(kit::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Uploads stdin bytes to a temp file the command then reads (binary-safe, unlike `/input`).
+fn upload_stdin(base: &str, data: &[u8]) -> Result<String> {
+    let path = format!("/tmp/.sandbox-host-stdin-{}", hex(8));
+    crate::files::upload(base, &path, data)?;
+    Ok(path)
+}
+
+/// The shell line run in the session: `sh -c '<script>'`, where the script sets stdin, cwd and
+/// env and then runs the command. Everything runs in that child shell, so `exit` or `exec` in
+/// the command cannot end the session's own shell.
+fn command_line(req: &ExecRequest, stdin_file: Option<&str>) -> Result<String> {
+    let mut script = String::new();
+    match stdin_file {
+        Some(f) => script.push_str(&format!("exec <{q}; rm -f -- {q}\n", q = kit::quote(f))),
+        None => script.push_str("exec </dev/null\n"),
+    }
+    if let Some(cwd) = req.cwd.as_deref().filter(|c| !c.is_empty()) {
+        script.push_str(&format!("cd -- {} || exit 1\n", kit::quote(cwd)));
+    }
+    for (k, v) in &req.env {
+        let valid = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(kit::invalid_argument(format!(
+                "invalid environment variable name {k:?}"
+            )));
+        }
+        script.push_str(&format!("export {k}={}\n", kit::quote(v)));
+    }
+    match &req.command {
+        Command::Argv(argv) if argv.is_empty() => {
+            return Err(kit::invalid_argument("empty argv"));
+        }
+        Command::Argv(argv) => script.push_str(&format!("exec {}", kit::quote_argv(argv))),
+        Command::Shell(s) => script.push_str(s),
+    }
+    Ok(format!("sh -c {}", kit::quote(&script)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Started {
+    cmd_id: String,
+}
+
+fn start(base: &str, sid: &str, line: &str) -> Result<String> {
+    let s: Started = toolbox(Method::Post, base, &["process", "session", sid, "exec"])
+        .json(&json!({ "command": line, "runAsync": true }))
+        .json_5xx()?;
+    Ok(s.cmd_id)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandInfo {
+    #[serde(default)]
+    command: String,
+    exit_code: Option<i32>,
+}
+
+fn command_info(base: &str, sid: &str, cid: &str) -> Result<CommandInfo> {
+    toolbox(
+        Method::Get,
+        base,
+        &["process", "session", sid, "command", cid],
+    )
+    .json_5xx()
+}
+
+/// The command's whole log, split into (stdout, stderr). Takes the raw marked-up text; a
+/// daemon that answers JSON anyway is understood too.
+fn logs(base: &str, sid: &str, cid: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    let url = kit::url(base, &["process", "session", sid, "command", cid, "logs"]);
+    let resp = Request::get(url)
+        .connect_timeout(Duration::from_secs(15))
+        .header("x-daytona-source", "sandbox-host")
+        .header("x-daytona-split-output", "true")
+        .ok_5xx()?;
+    let is_json = resp
+        .header("content-type")
+        .is_some_and(|c| c.contains("json"));
+    let body = resp.bytes()?;
+    if is_json {
+        #[derive(Deserialize)]
+        struct Split {
+            output: Option<String>,
+            stdout: Option<String>,
+            stderr: Option<String>,
+        }
+        let s: Split = serde_json::from_slice(&body)?;
+        if let (Some(o), Some(e)) = (s.stdout.as_ref(), s.stderr.as_ref()) {
+            return Ok((o.clone().into_bytes(), e.clone().into_bytes()));
+        }
+        return Ok(demux(s.output.unwrap_or_default().as_bytes()));
+    }
+    Ok(demux(&body))
+}
+
+/// Emits what is new in `all` past `sent` bytes.
+fn emit_new(output: &mut ExecOutput, stdout: bool, all: &[u8], sent: &mut usize) {
+    if all.len() > *sent {
+        if stdout {
+            output.stdout(&all[*sent..]);
+        } else {
+            output.stderr(&all[*sent..]);
+        }
+        *sent = all.len();
+    }
+}
+
+pub fn exec(sandbox: &SandboxRef, req: ExecRequest) -> Result<ExecResult> {
+    let base = toolbox_base(sandbox)?;
+    let stdin_file = match req.stdin.as_deref() {
+        Some(data) => Some(upload_stdin(&base, data)?),
+        None => None,
+    };
+    let line = command_line(&req, stdin_file.as_deref())?;
+    let sid = format!("{EXEC_PREFIX}{}", hex(8));
+    create_session(&base, &sid)?;
+    let result = run(&base, &sid, &line, req.timeout_ms);
+    let _ = delete_session(&base, &sid);
+    result
+}
+
+/// End-of-command markers an exec appends to each stream: when both arrived the output is
+/// complete, and stdout's carries the exit code, so a poll is one request (the log), not two.
+struct Trailer {
+    /// `\n<token>:` on stdout, followed by the exit code and `\n`.
+    out: Vec<u8>,
+    /// `\n<token>\n` on stderr.
+    err: Vec<u8>,
+    /// What the session runs after the command to print them.
+    shell: String,
+}
+
+impl Trailer {
+    fn new() -> Trailer {
+        let token = format!("__sandbox_host_end_{}__", hex(8));
+        Trailer {
+            out: format!("\n{token}:").into_bytes(),
+            err: format!("\n{token}\n").into_bytes(),
+            shell: format!(
+                "; r=$?; printf '\\n%s:%d\\n' {token} \"$r\"; printf '\\n%s\\n' {token} >&2"
+            ),
+        }
+    }
+
+    /// The exit code once stdout's trailer is complete, and where it starts.
+    fn stdout_end(&self, out: &[u8]) -> Option<(usize, i32)> {
+        let at = find(out, &self.out)?;
+        let rest = &out[at + self.out.len()..];
+        let nl = rest.iter().position(|b| *b == b'\n')?;
+        let code = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+        Some((at, code))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// How much of `data` may be emitted now: all but a tail that could be the start of `marker`.
+fn safe_len(data: &[u8], marker: &[u8]) -> usize {
+    let longest = data.len().min(marker.len() - 1);
+    let held = (1..=longest)
+        .rev()
+        .find(|&k| data[data.len() - k..] == marker[..k])
+        .unwrap_or(0);
+    data.len() - held
+}
+
+fn run(base: &str, sid: &str, line: &str, timeout_ms: Option<u64>) -> Result<ExecResult> {
+    let trailer = Trailer::new();
+    let cid = start(base, sid, &format!("{line}{}", trailer.shell))?;
+    let started = kit::monotonic_ns();
+    let deadline = timeout_ms.map(|ms| started + ms.saturating_mul(1_000_000));
+    let mut output = ExecOutput::new();
+    let (mut out_sent, mut err_sent) = (0usize, 0usize);
+    let mut delay = Duration::from_millis(1);
+    for poll in 1u64.. {
+        let now = kit::monotonic_ns();
+        let pause = match deadline {
+            Some(d) if now >= d => {
+                // Ending the session kills the command (the caller deletes it).
+                return Ok(output.finish(TIMEOUT_EXIT, true));
+            }
+            Some(d) => delay.min(Duration::from_nanos(d - now)),
+            None => delay,
+        };
+        kit::sleep(pause);
+        delay = (delay * 2).min(MAX_POLL);
+        let (out, err) = logs(base, sid, &cid)?;
+        let out_end = trailer.stdout_end(&out);
+        let err_end = find(&err, &trailer.err);
+        let out_safe = out_end.map_or_else(|| safe_len(&out, &trailer.out), |(at, _)| at);
+        let err_safe = err_end.unwrap_or_else(|| safe_len(&err, &trailer.err));
+        emit_new(&mut output, true, &out[..out_safe], &mut out_sent);
+        emit_new(&mut output, false, &err[..err_safe], &mut err_sent);
+        if let (Some((_, code)), Some(_)) = (out_end, err_end) {
+            return Ok(output.finish(code, false));
+        }
+        // A command that ended without its trailers (its session was ended under it).
+        if poll % 8 == 0 {
+            if let Some(code) = command_info(base, sid, &cid)?.exit_code {
+                let (out, err) = logs(base, sid, &cid)?;
+                emit_new(&mut output, true, &out, &mut out_sent);
+                emit_new(&mut output, false, &err, &mut err_sent);
+                return Ok(output.finish(code, false));
+            }
+        }
+    }
+    unreachable!("the poll loop only ends by returning")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background processes.
+
+fn split_pid(pid: &str) -> Result<(&str, &str)> {
+    pid.split_once(':')
+        .filter(|(s, c)| s.starts_with(BG_PREFIX) && !c.is_empty())
+        .ok_or_else(|| kit::not_found(format!("no process {pid:?} (not started by this plugin)")))
+}
+
+pub fn start_process(sandbox: &SandboxRef, req: ExecRequest) -> Result<ProcessInfo> {
+    let base = toolbox_base(sandbox)?;
+    let stdin_file = match req.stdin.as_deref() {
+        Some(data) => Some(upload_stdin(&base, data)?),
+        None => None,
+    };
+    let line = command_line(&req, stdin_file.as_deref())?;
+    let sid = format!("{BG_PREFIX}{}", hex(8));
+    create_session(&base, &sid)?;
+    let cid = match start(&base, &sid, &line) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = delete_session(&base, &sid);
+            return Err(e);
+        }
+    };
+    Ok(ProcessInfo {
+        pid: format!("{sid}:{cid}"),
+        command: kit::command_line(&req.command),
+        running: true,
+        exit_code: None,
+    })
+}
+
+/// A process whose session is gone (signalled, or the sandbox was stopped).
+fn ended(pid: &str) -> ProcessInfo {
+    ProcessInfo {
+        pid: pid.to_string(),
+        command: String::new(),
+        running: false,
+        exit_code: None,
+    }
+}
+
+pub fn process_status(sandbox: &SandboxRef, pid: &str) -> Result<ProcessInfo> {
+    let (sid, cid) = split_pid(pid)?;
+    let base = toolbox_base(sandbox)?;
+    match command_info(&base, sid, cid) {
+        Ok(c) => Ok(ProcessInfo {
+            pid: pid.to_string(),
+            command: c.command,
+            running: c.exit_code.is_none(),
+            exit_code: c.exit_code,
+        }),
+        Err(kit::Error::NotFound(_)) => Ok(ended(pid)),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn list_processes(sandbox: &SandboxRef) -> Result<Vec<ProcessInfo>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Session {
+        session_id: String,
+        #[serde(default)]
+        commands: Vec<Cmd>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Cmd {
+        id: String,
+        #[serde(default)]
+        command: String,
+        exit_code: Option<i32>,
+    }
+    let base = toolbox_base(sandbox)?;
+    let sessions: Vec<Session> = toolbox(Method::Get, &base, &["process", "session"]).json_5xx()?;
+    Ok(sessions
+        .into_iter()
+        .filter(|s| s.session_id.starts_with(BG_PREFIX))
+        .flat_map(|s| {
+            let sid = s.session_id;
+            s.commands.into_iter().map(move |c| ProcessInfo {
+                pid: format!("{sid}:{}", c.id),
+                command: c.command,
+                running: c.exit_code.is_none(),
+                exit_code: c.exit_code,
+            })
+        })
+        .collect())
+}
+
+pub fn process_output(
+    sandbox: &SandboxRef,
+    pid: &str,
+    out_at: u64,
+    err_at: u64,
+) -> Result<OutputChunk> {
+    let (sid, cid) = split_pid(pid)?;
+    let base = toolbox_base(sandbox)?;
+    // Status first: output read after the exit code is known is complete.
+    let info = match command_info(&base, sid, cid) {
+        Ok(i) => i,
+        Err(kit::Error::NotFound(_)) => {
+            return Ok(OutputChunk {
+                stdout: vec![],
+                stderr: vec![],
+                stdout_next: out_at,
+                stderr_next: err_at,
+                running: false,
+                exit_code: None,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let (out, err) = logs(&base, sid, cid)?;
+    let from = |all: &[u8], at: u64| all.get(at as usize..).unwrap_or_default().to_vec();
+    let (stdout, stderr) = (from(&out, out_at), from(&err, err_at));
+    Ok(OutputChunk {
+        stdout_next: out_at + stdout.len() as u64,
+        stderr_next: err_at + stderr.len() as u64,
+        stdout,
+        stderr,
+        running: info.exit_code.is_none(),
+        exit_code: info.exit_code,
+    })
+}
+
+/// Daytona cannot signal one command: any signal ends the process's own session.
+pub fn signal_process(sandbox: &SandboxRef, pid: &str, _signal: i32) -> Result<()> {
+    let (sid, _) = split_pid(pid)?;
+    delete_session(&toolbox_base(sandbox)?, sid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_are_held_back_and_found() {
+        let t = Trailer {
+            out: b"\nTOK:".to_vec(),
+            err: b"\nTOK\n".to_vec(),
+            shell: String::new(),
+        };
+        assert_eq!(safe_len(b"abc\n", &t.out), 3);
+        assert_eq!(safe_len(b"abc\nTO", &t.out), 3);
+        assert_eq!(safe_len(b"abc\nTX", &t.out), 6);
+        assert_eq!(t.stdout_end(b"abc\nTOK:7"), None);
+        assert_eq!(t.stdout_end(b"abc\nTOK:7\n"), Some((3, 7)));
+        assert_eq!(find(b"e\nTOK\n", &t.err), Some(1));
+    }
+
+    #[test]
+    fn demux_keeps_bytes_and_order() {
+        let log = b"\x01\x01\x01out1\n\x02\x02\x02err\x01\x01\x01\x00\xff\n\x01\x01\x01tail";
+        let (o, e) = demux(log);
+        assert_eq!(o, b"out1\n\x00\xff\ntail");
+        assert_eq!(e, b"err");
+        assert_eq!(demux(b"plain").0, b"plain");
+    }
+}

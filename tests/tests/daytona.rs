@@ -1,0 +1,250 @@
+//! The `daytona` provider plugin end to end: sandbox-host → daytona.wasm → the Daytona emulator
+//! (in-process, commands really run in localbox under bubblewrap) on a loopback port.
+//! Needs `make plugins` (target/plugins/daytona.wasm).
+//!
+//! - the conformance suite;
+//! - what `describe` declares;
+//! - faults survived through the host with no duplicate sandbox: 429 with Retry-After and a
+//!   5xx on create, a dropped connection after the sandbox was made, slow state transitions.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use emulator_common::{FaultRule, Faults, Options};
+use sandbox_host::types::{Capabilities, ExecRequest, SandboxState, Spec};
+use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::host_with;
+
+/// The emulator serving on a loopback port, with its engine and fault switches.
+struct Emulator {
+    base_url: String,
+    engine: localbox::Engine,
+    faults: Faults,
+    task: tokio::task::JoinHandle<()>,
+    _root: tempfile::TempDir,
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        sandbox_tests::init_tracing();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let engine =
+            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let faults = Faults::default();
+        let opts = Options {
+            engine: engine.clone(),
+            faults: faults.clone(),
+            base_url: base_url.clone(),
+        };
+        let router = emulator_common::with_faults(emulator_daytona::router(opts), faults.clone());
+        let task = tokio::spawn(async move {
+            let _ = emulator_common::serve(listener, router).await;
+        });
+        Emulator {
+            base_url,
+            engine,
+            faults,
+            task,
+            _root: root,
+        }
+    }
+
+    /// The host configuration pointing the plugin at this emulator.
+    fn config(&self) -> String {
+        format!(
+            "[plugins.daytona]\nsettings.api-url = \"{}/api\"\n\
+             secrets.api-key = {{ env = \"SANDBOX_HOST_TEST_UNSET_DAYTONA_KEY\", default = \"test-key\", hosts = [\"http://127.0.0.1:*\"] }}\n",
+            self.base_url
+        )
+    }
+
+    fn fault(&self, rule: &str) {
+        self.faults.push(rule.parse::<FaultRule>().unwrap());
+    }
+
+    /// Lifecycle transitions take `ms` (0: immediate).
+    async fn transitions(&self, ms: u64) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let req = http::Request::post(format!("{}/_emulator/daytona/transitions", self.base_url))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "{{\"ms\":{ms}}}"
+            ))))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
+    /// Live localbox sandboxes behind the emulator.
+    fn live(&self) -> usize {
+        self.engine.list(&BTreeMap::new()).len()
+    }
+
+    async fn shutdown(self) {
+        self.task.abort();
+        self.engine.shutdown().await;
+    }
+}
+
+fn labelled(key: &str, value: &str) -> Spec {
+    Spec {
+        labels: vec![(key.into(), value.into())],
+        ..Spec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daytona_plugin_passes_the_conformance_suite() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    let caps = provider.info().unwrap().capabilities;
+    let started = Instant::now();
+    let report = run_conformance(&provider, caps)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}total {:.2?}", started.elapsed());
+    assert!(report.skipped.is_empty(), "skipped: {:?}", report.skipped);
+    assert_eq!(emu.live(), 0, "the suite left sandboxes behind");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_declares_daytona() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let info = t.host.provider("daytona").unwrap().info().unwrap();
+    assert_eq!(info.name, "daytona");
+    assert!(info
+        .capabilities
+        .contains(Capabilities::IDEMPOTENT_CREATE | Capabilities::PAUSE_RESUME));
+    let cred = &info.credentials[0];
+    assert_eq!(
+        (
+            cred.secret.as_str(),
+            cred.header.as_str(),
+            cred.format.as_str()
+        ),
+        ("api-key", "authorization", "Bearer {}")
+    );
+    assert!(
+        info.settings
+            .iter()
+            .any(|s| s.name == "api-url"
+                && s.default.as_deref() == Some("https://app.daytona.io/api"))
+    );
+    let checks = t
+        .host
+        .provider("daytona")
+        .unwrap()
+        .preflight()
+        .await
+        .unwrap();
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    emu.shutdown().await;
+}
+
+/// 429 with Retry-After on the create POST: the host waits and retries; one sandbox results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_survives_rate_limit_without_duplicates() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    emu.fault("status:429,retry_after=1,count=2,path=/api/sandbox,method=POST");
+    let started = Instant::now();
+    let sb = provider.create(labelled("fault", "429")).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "Retry-After not honoured: {:?}",
+        started.elapsed()
+    );
+    assert!(emu.faults.list().is_empty(), "both 429s were served");
+    assert_eq!(emu.live(), 1);
+    sb.destroy().await.unwrap();
+    assert_eq!(emu.live(), 0);
+    emu.shutdown().await;
+}
+
+/// 5xx answers (a 503 on the create POST, 500s while polling the state) are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_survives_server_errors() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    emu.transitions(300).await;
+    emu.fault("status:503,count=1,path=/api/sandbox,method=POST");
+    emu.fault("status:500,count=2,path=/api/sandbox/,method=GET");
+    let sb = provider.create(labelled("fault", "5xx")).await.unwrap();
+    assert!(
+        emu.faults.list().is_empty(),
+        "every fault was served: {:?}",
+        emu.faults.list()
+    );
+    assert_eq!(emu.live(), 1);
+    let out = sb
+        .exec(ExecRequest::shell("printf ok"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"ok");
+    // Idempotent calls ride out a 500 too.
+    emu.fault("status:500,count=1,path=/api/sandbox/,method=GET");
+    assert_eq!(sb.info().await.unwrap().state, SandboxState::Running);
+    sb.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+/// The connection drops after the emulator made the sandbox: the retried create finds it by
+/// its idempotency label instead of making a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_create_answer_makes_no_duplicate() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    emu.fault("drop:5,count=1,path=/api/sandbox,method=POST");
+    let sb = provider.create(labelled("fault", "drop")).await.unwrap();
+    assert!(emu.faults.list().is_empty(), "the drop was served");
+    assert_eq!(emu.live(), 1, "a duplicate sandbox was created");
+    let listed = provider
+        .list(&BTreeMap::from([("fault".to_string(), "drop".to_string())]))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, sb.id());
+    sb.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+/// Slow transitions (creating → started, stopping → stopped, destroying → gone) are waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_state_transitions_are_waited_for() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    emu.transitions(1200).await;
+    let started = Instant::now();
+    let sb = provider.create(labelled("fault", "slow")).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "create returned before `started`"
+    );
+    assert_eq!(sb.info().await.unwrap().state, SandboxState::Running);
+    sb.pause().await.unwrap();
+    assert_eq!(sb.info().await.unwrap().state, SandboxState::Paused);
+    let info = sb.resume().await.unwrap();
+    assert_eq!(info.state, SandboxState::Running);
+    let started = Instant::now();
+    sb.destroy().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "destroy returned before the sandbox was gone"
+    );
+    assert!(provider.attach(sb.id()).await.is_err());
+    emu.shutdown().await;
+}
