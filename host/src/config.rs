@@ -39,6 +39,9 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     #[serde(default)]
     pub localbox: LocalboxSection,
+    /// `[serve]`: the HTTP API (`sandbox-host serve`): tenants, tokens, limits, reaper.
+    #[serde(default)]
+    pub serve: crate::serve::config::ServeSection,
 }
 
 /// `[localbox]`: the local sandbox engine the CLI and `serve` start for the `local` plugin.
@@ -68,6 +71,10 @@ pub struct HostSection {
     pub state_dir: Option<PathBuf>,
     /// Watch the plugin directory and reload changed plugins (default true).
     pub hot_reload: Option<bool>,
+    /// The session registry: unset means SQLite (`sessions.db` in the state dir); a
+    /// `postgres://user@host:port/db` URL selects Postgres, so several `serve` replicas share
+    /// one registry. See [`crate::registry_pg`].
+    pub database_url: Option<Source>,
 }
 
 /// `[defaults]`: what applies to every plugin unless its own section says otherwise.

@@ -29,7 +29,7 @@ use crate::plugin::cache::CompileCache;
 use crate::plugin::runtime::{EngineOptions, Runtime};
 use crate::plugin::{LoadedPlugin, Loader};
 use crate::plugins::{PluginEvent, PluginSet};
-use crate::registry::{SessionStore, SqliteStore};
+use crate::registry::SessionStore;
 use crate::retry::RetryPolicy;
 use crate::sandbox::{Provider, Sandbox};
 
@@ -227,7 +227,7 @@ impl HostBuilder {
         }
         let store = match self.store {
             Some(s) => s,
-            None => Arc::new(SqliteStore::open(&state_dir.join("sessions.db"))?),
+            None => crate::registry_pg::open_configured(&config, &state_dir)?,
         };
         Ok(Host(Arc::new(Inner {
             config,

@@ -181,6 +181,13 @@ pub enum Command {
     Resume(Target),
     /// Destroy a sandbox.
     Rm(Target),
+    /// Serve the HTTP API (/v1, SSE, /metrics, /openapi.json) until SIGTERM.
+    Serve {
+        /// IP:PORT to listen on (default [serve] listen, else 127.0.0.1:8080). A non-loopback
+        /// address needs tokens in [serve].
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// The local sandbox engine: run it standalone, or stop the CLI's daemon.
     Localbox {
         /// Listen here (e.g. 0.0.0.0:7070) and serve until Ctrl-C.

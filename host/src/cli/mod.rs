@@ -259,7 +259,10 @@ fn local_need(cmd: &Command, lookup: &Lookup) -> Need {
             all: true,
             ..
         } => all_or_local(provider),
-        Command::Ls { .. } | Command::Config { .. } | Command::Localbox { .. } => Need::No,
+        Command::Ls { .. }
+        | Command::Config { .. }
+        | Command::Localbox { .. }
+        | Command::Serve { .. } => Need::No,
         Command::Create(c) | Command::Run { create: c, .. } => {
             if c.provider == LOCAL {
                 Need::Yes
@@ -364,6 +367,17 @@ async fn dispatch(cli: Cli) -> Res<i32> {
         )
         .await;
     }
+    if let Command::Serve { listen } = &cli.command {
+        let opts = sandbox_host::serve::ServeOptions {
+            listen: listen.clone(),
+            home: setup.home.clone(),
+            config: setup.config.clone(),
+            plugins_dir: cli.plugins.clone(),
+            cache_dir: None,
+        };
+        sandbox_host::serve::run(opts).await?;
+        return Ok(0);
+    }
     let need = local_need(&cli.command, &Lookup::open(&setup));
     let localbox = arrange_localbox(&mut setup, need)?;
     let host = build_host(&cli, &setup).await?;
@@ -434,7 +448,9 @@ async fn dispatch(cli: Cli) -> Res<i32> {
             recursive,
         } => files::rm_path(&ctx, &target, &path, recursive).await,
         Command::Mkdir { target, path } => files::mkdir(&ctx, &target, &path).await,
-        Command::Localbox { .. } => unreachable!("handled before the host is built"),
+        Command::Localbox { .. } | Command::Serve { .. } => {
+            unreachable!("handled before the host is built")
+        }
     }
 }
 
