@@ -1,0 +1,288 @@
+//! The `runloop` plugin end to end: sandbox-host → runloop.wasm → the Runloop emulator
+//! (in-process, commands really run in localbox under bubblewrap) on a loopback port.
+//! Needs target/plugins/runloop.wasm (`make plugins`).
+//!
+//! Besides the conformance suite: faults survived through the host with no duplicate devbox
+//! (429 with retry-after-ms, 5xx and a dropped answer on create, a dropped SSE stream
+//! mid-command, slow and 408 long polls).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use emulator_common::{FaultRule, Faults, Options};
+use sandbox_host::types::{Capabilities, ExecRequest, OutputStream, Spec};
+use sandbox_host::{Provider, ProviderError};
+use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::host_with;
+use sandbox_tests::localbox_support::random_hex;
+
+/// The emulator on `127.0.0.1:0`, with its engine over a temp directory.
+struct Emulator {
+    url: String,
+    faults: Faults,
+    engine: localbox::Engine,
+    task: tokio::task::JoinHandle<()>,
+    _root: tempfile::TempDir,
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        sandbox_tests::init_tracing();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let engine =
+            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let faults = Faults::default();
+        let opts = Options {
+            engine: engine.clone(),
+            faults: faults.clone(),
+            base_url: url.clone(),
+        };
+        let router = emulator_common::with_faults(emulator_runloop::router(opts), faults.clone());
+        let task = tokio::spawn(async move {
+            let _ = emulator_common::serve(listener, router).await;
+        });
+        Emulator {
+            url,
+            faults,
+            engine,
+            task,
+            _root: root,
+        }
+    }
+
+    /// The `[plugins.runloop]` section pointing at this emulator.
+    fn config(&self) -> String {
+        format!(
+            "[plugins.runloop]\nsettings.base-url = \"{}\"\nsettings.workdir = \"/workspace\"\nsettings.tunnel-url = \"{{base}}/tunnel/{{key}}/{{port}}\"\nsecrets.api-key = \"test-key\"\n",
+            self.url
+        )
+    }
+
+    fn fault(&self, rule: &str) {
+        self.faults.push(rule.parse::<FaultRule>().unwrap());
+    }
+
+    /// The runloop-specific 429 switch (`retry-after-ms`).
+    async fn rate_limit(&self, count: u32, retry_after_ms: u64, path: &str) {
+        let body =
+            serde_json::json!({ "count": count, "retry_after_ms": retry_after_ms, "path": path });
+        let status = post(&format!("{}/_emulator/runloop/rate_limit", self.url), &body).await;
+        assert_eq!(status, 204);
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        self.engine.shutdown().await;
+    }
+}
+
+async fn post(url: &str, body: &serde_json::Value) -> u16 {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
+async fn get(url: &str) -> String {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let resp = client
+        .request(http::Request::get(url).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+/// Devboxes carrying `label=value`, through the plugin.
+async fn with_label(provider: &Provider, value: &str) -> Vec<String> {
+    let labels = BTreeMap::from([("test".to_string(), value.to_string())]);
+    provider
+        .list(&labels)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
+
+fn labelled(value: &str) -> Spec {
+    Spec {
+        labels: vec![("test".into(), value.into())],
+        ..Spec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runloop_plugin_passes_the_conformance_suite() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["runloop"], &emu.config()).await;
+    let provider = t.host.provider("runloop").unwrap();
+    let caps = provider.info().unwrap().capabilities;
+    let started = Instant::now();
+    let report = run_conformance(&provider, caps)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}total {:.2?}", started.elapsed());
+    assert_eq!(report.skipped, Vec::<String>::new());
+    assert!(
+        emu.engine.list(&Default::default()).is_empty(),
+        "the suite left devboxes running"
+    );
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_preflight_and_auth() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["runloop"], &emu.config()).await;
+    let provider = t.host.provider("runloop").unwrap();
+    let info = provider.info().unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.contract_version.as_str()),
+        ("runloop", "0.1.0")
+    );
+    assert!(info
+        .capabilities
+        .contains(Capabilities::IDEMPOTENT_CREATE | Capabilities::STREAMING | Capabilities::PORTS));
+    let cred = &info.credentials[0];
+    assert_eq!(
+        (
+            cred.secret.as_str(),
+            cred.header.as_str(),
+            cred.format.as_str()
+        ),
+        ("api-key", "authorization", "Bearer {}")
+    );
+    let checks = provider.preflight().await.unwrap();
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+
+    // Without the key, the emulator refuses (401 → unauthorized) and preflight says so.
+    let config = emu.config().replace("secrets.api-key = \"test-key\"\n", "");
+    let t = host_with(&["runloop"], &config).await;
+    let provider = t.host.provider("runloop").unwrap();
+    let checks = provider.preflight().await.unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| !c.ok && c.detail.contains("unauthorized")),
+        "{checks:?}"
+    );
+    match provider.create(Spec::default()).await {
+        Err(e) => assert!(
+            matches!(e.provider_error(), Some(ProviderError::Unauthorized(_))),
+            "{e}"
+        ),
+        Ok(s) => panic!("created {} without a key", s.id()),
+    }
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_survives_429_5xx_drops_and_slow_waits_without_duplicates() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["runloop"], &emu.config()).await;
+    let provider = t.host.provider("runloop").unwrap();
+
+    // 429 twice with retry-after-ms 300: honoured (not the 1 s+ backoff), one devbox.
+    let run = random_hex(4);
+    emu.rate_limit(2, 300, "/v1/devboxes").await;
+    let started = Instant::now();
+    let a = provider.create(labelled(&run)).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "retry-after-ms not waited: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "create took {took:?}");
+    assert_eq!(with_label(&provider, &run).await, [a.id().to_string()]);
+    a.destroy().await.unwrap();
+
+    // 503 twice, then an answer cut off after the devbox was made: retried with the same
+    // x-request-id, and the emulator answers the first devbox.
+    let run = random_hex(4);
+    emu.fault("status:503,count=2,path=/v1/devboxes,method=POST");
+    emu.fault("drop:0,count=1,path=/v1/devboxes,method=POST");
+    let b = provider.create(labelled(&run)).await.unwrap();
+    assert_eq!(
+        with_label(&provider, &run).await,
+        [b.id().to_string()],
+        "a retried create made a second devbox"
+    );
+    assert_eq!(emu.engine.list(&Default::default()).len(), 1);
+
+    // Slow and 408 long polls: the plugin asks again.
+    let run = random_hex(4);
+    emu.fault("latency:1500,count=1,path=/v1/devboxes/,method=POST");
+    emu.faults.push(FaultRule {
+        kind: emulator_common::FaultKind::Status {
+            status: 408,
+            retry_after: None,
+        },
+        path: Some("/v1/devboxes/".into()),
+        method: Some("POST".into()),
+        count: Some(2),
+    });
+    let c = provider.create(labelled(&run)).await.unwrap();
+    assert_eq!(
+        c.info().await.unwrap().state,
+        sandbox_host::types::SandboxState::Running
+    );
+    assert_eq!(with_label(&provider, &run).await, [c.id().to_string()]);
+    b.destroy().await.unwrap();
+    c.destroy().await.unwrap();
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_output_stream_resumes_at_the_right_offset() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["runloop"], &emu.config()).await;
+    let provider = t.host.provider("runloop").unwrap();
+    let sandbox = provider.create(Spec::default()).await.unwrap();
+    // The first two stdout streams break after 3 frames each, while the command runs.
+    let status = post(
+        &format!("{}/_emulator/runloop/cut_streams", emu.url),
+        &serde_json::json!({ "count": 2, "after_frames": 3 }),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let chunks = Arc::new(Mutex::new(Vec::new()));
+    let sink = chunks.clone();
+    let result = sandbox
+        .exec(
+            ExecRequest::shell("for i in $(seq 1 40); do echo line-$i; sleep 0.02; done"),
+            Some(Box::new(move |s, b: &[u8]| {
+                if s == OutputStream::Stdout {
+                    sink.lock().unwrap().extend_from_slice(b)
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.exit_code, 0);
+    let expected: String = (1..=40).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&chunks.lock().unwrap()),
+        expected,
+        "streamed output lost or repeated lines"
+    );
+    assert_eq!(String::from_utf8_lossy(&result.stdout_tail), expected);
+    assert_eq!(
+        get(&format!("{}/_emulator/runloop/cut_streams", emu.url)).await,
+        "null",
+        "the cuts were not exercised"
+    );
+    sandbox.destroy().await.unwrap();
+    emu.stop().await;
+}
