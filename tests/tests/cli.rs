@@ -154,6 +154,12 @@ impl Cli {
             home.path().join("sandboxes").display().to_string()
         );
         std::fs::write(home.path().join("config.toml"), config).unwrap();
+        // Its own plugin directory: exactly the plugins these tests expect, whatever else is built.
+        let plugins = home.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        for name in ["local", "example"] {
+            std::fs::copy(plugin_file(name), plugins.join(format!("{name}.wasm"))).unwrap();
+        }
         Cli {
             home,
             bin: binary(),
@@ -162,7 +168,7 @@ impl Cli {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let plugins = plugin_file("local").parent().unwrap().to_path_buf();
+        let plugins = self.home.path().join("plugins");
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .env("SANDBOX_HOST_HOME", self.home.path())
