@@ -76,8 +76,11 @@ pub mod bindings {
     });
 }
 
+pub mod connect;
 pub mod error;
+pub mod grpc;
 pub mod http;
+pub mod multipart;
 pub mod util;
 
 /// The contract's types (`sandbox:provider/types`).

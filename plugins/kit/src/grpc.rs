@@ -1,0 +1,408 @@
+//! gRPC over the kit's HTTP client (HTTP/2: h2c to hosts the operator marks, ALPN over TLS).
+//!
+//! Byte-level, so any protobuf library fits: a request is one message (`frame`d with the 5-byte
+//! prefix: flag 0, big-endian length); a response is read frame by frame as the body arrives
+//! ([`ServerStream`]), and its status comes from the trailers, or from the headers of a
+//! Trailers-Only answer. Non-200 HTTP statuses (proxies, fault injectors) map to gRPC codes as
+//! the gRPC spec says. Unary calls retry `UNAVAILABLE` and `RESOURCE_EXHAUSTED` with backoff
+//! ([`Call::unary`]).
+//!
+//! ```no_run
+//! # fn demo(msg: Vec<u8>) -> kit::Result<()> {
+//! use kit::grpc::Call;
+//! let reply = Call::new("https://api.example.com", "/pkg.Service/Method")
+//!     .metadata("x-api-token", "t")
+//!     .unary(&msg)?;
+//! # let _ = reply; Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use crate::error::{
+    conflict, forbidden, invalid_argument, not_found, provider, rate_limited, timeout,
+    unauthorized, unavailable, unsupported,
+};
+use crate::http::{Request, Response};
+use crate::types::Error;
+
+/// gRPC status codes.
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
+    pub const ALREADY_EXISTS: i32 = 6;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const FAILED_PRECONDITION: i32 = 9;
+    pub const ABORTED: i32 = 10;
+    pub const OUT_OF_RANGE: i32 = 11;
+    pub const UNIMPLEMENTED: i32 = 12;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// A call that failed: with a gRPC status, or before one arrived (transport).
+#[derive(Debug, Clone)]
+pub enum GrpcError {
+    Status { code: i32, message: String },
+    Transport(Error),
+}
+
+impl GrpcError {
+    /// The gRPC code (`UNAVAILABLE` for transport failures).
+    pub fn code(&self) -> i32 {
+        match self {
+            GrpcError::Status { code, .. } => *code,
+            GrpcError::Transport(Error::Unavailable(_)) => code::UNAVAILABLE,
+            GrpcError::Transport(Error::Timeout(_)) => code::DEADLINE_EXCEEDED,
+            GrpcError::Transport(_) => code::UNKNOWN,
+        }
+    }
+    /// Worth retrying: the server is unavailable or throttling, or the connection failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.code(), code::UNAVAILABLE | code::RESOURCE_EXHAUSTED)
+    }
+}
+
+impl std::fmt::Display for GrpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcError::Status { code, message } => write!(f, "gRPC status {code}: {message}"),
+            GrpcError::Transport(e) => write!(f, "{e:?}"),
+        }
+    }
+}
+
+impl From<GrpcError> for Error {
+    fn from(e: GrpcError) -> Error {
+        let (code, message) = match e {
+            GrpcError::Transport(e) => return e,
+            GrpcError::Status { code, message } => (code, message),
+        };
+        match code {
+            code::INVALID_ARGUMENT | code::OUT_OF_RANGE => invalid_argument(message),
+            code::DEADLINE_EXCEEDED => timeout(message),
+            code::NOT_FOUND => not_found(message),
+            code::ALREADY_EXISTS | code::FAILED_PRECONDITION | code::ABORTED => conflict(message),
+            code::PERMISSION_DENIED => forbidden(message),
+            code::RESOURCE_EXHAUSTED => rate_limited(None, message),
+            code::UNIMPLEMENTED => unsupported(&message),
+            code::UNAVAILABLE | code::CANCELLED => unavailable(message),
+            code::UNAUTHENTICATED => unauthorized(message),
+            other => provider(0, format!("gRPC status {other}: {message}")),
+        }
+    }
+}
+
+/// One message with the gRPC 5-byte prefix.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Splits a byte stream into gRPC messages as the bytes arrive.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+    /// The next complete message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, GrpcError> {
+        let rest = &self.buf[self.start..];
+        if rest.len() < 5 {
+            return Ok(None);
+        }
+        if rest[0] != 0 {
+            return Err(GrpcError::Status {
+                code: code::INTERNAL,
+                message: "compressed gRPC message (not requested)".into(),
+            });
+        }
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if rest.len() < 5 + len {
+            return Ok(None);
+        }
+        let msg = rest[5..5 + len].to_vec();
+        self.start += 5 + len;
+        Ok(Some(msg))
+    }
+    /// Bytes of an incomplete message left over.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// `grpc-timeout` for a duration (at most 8 digits, as the spec wants).
+pub fn timeout_header(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", d.as_secs().min(99_999_999))
+    }
+}
+
+/// Percent-decodes `grpc-message`.
+pub fn decode_message(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status in a set of fields (headers of a Trailers-Only answer, or trailers).
+fn status_in(fields: &[(String, String)]) -> Option<GrpcError> {
+    let get = |n: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    let code: i32 = get("grpc-status")?.trim().parse().unwrap_or(code::UNKNOWN);
+    let message = get("grpc-message").map(decode_message).unwrap_or_default();
+    Some(GrpcError::Status { code, message })
+}
+
+/// The gRPC code for an HTTP status that is not 200 (gRPC's HTTP-to-gRPC mapping; 429 as
+/// RESOURCE_EXHAUSTED so throttling is recognisable).
+fn code_for_http(status: u16) -> i32 {
+    match status {
+        400 => code::INTERNAL,
+        401 => code::UNAUTHENTICATED,
+        403 => code::PERMISSION_DENIED,
+        404 => code::UNIMPLEMENTED,
+        429 => code::RESOURCE_EXHAUSTED,
+        502..=504 => code::UNAVAILABLE,
+        _ => code::UNKNOWN,
+    }
+}
+
+/// Retries of [`Call::unary`]: attempts and the first backoff (doubling, capped at 2 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 4,
+            first_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One gRPC method on one server, with its metadata.
+#[derive(Debug, Clone)]
+pub struct Call {
+    url: String,
+    metadata: Vec<(String, String)>,
+    deadline: Option<Duration>,
+    retry: Retry,
+}
+
+impl Call {
+    /// `base` is `scheme://host[:port]`, `path` is `/package.Service/Method`.
+    pub fn new(base: &str, path: &str) -> Call {
+        Call {
+            url: format!("{}{}", base.trim_end_matches('/'), path),
+            metadata: Vec::new(),
+            deadline: None,
+            retry: Retry::default(),
+        }
+    }
+    /// Adds a metadata header (lower-case name).
+    pub fn metadata(mut self, name: &str, value: impl Into<String>) -> Call {
+        self.metadata.push((name.to_string(), value.into()));
+        self
+    }
+    /// Sends `grpc-timeout` and bounds the wait for the answer's head.
+    pub fn deadline(mut self, d: Duration) -> Call {
+        self.deadline = Some(d);
+        self
+    }
+    pub fn retry(mut self, retry: Retry) -> Call {
+        self.retry = retry;
+        self
+    }
+
+    fn request(&self, message: &[u8]) -> Request {
+        let mut r = Request::post(&self.url)
+            .header("content-type", "application/grpc")
+            .connect_timeout(Duration::from_secs(10))
+            .body(frame(message));
+        for (k, v) in &self.metadata {
+            r = r.header(k, v);
+        }
+        if let Some(d) = self.deadline {
+            // The deadline bounds the head and the silences of a streamed body alike.
+            r = r
+                .header("grpc-timeout", timeout_header(d))
+                .first_byte_timeout(d + Duration::from_secs(5))
+                .between_bytes_timeout(d + Duration::from_secs(5));
+        }
+        r
+    }
+
+    /// Opens a server-streaming (or any) call: the answer's messages as they arrive.
+    pub fn open(&self, message: &[u8]) -> Result<ServerStream, GrpcError> {
+        let resp = self.request(message).send().map_err(GrpcError::Transport)?;
+        if resp.status() != 200 {
+            let code = code_for_http(resp.status());
+            let message = format!("HTTP {} from {}", resp.status(), resp.context());
+            return Err(GrpcError::Status { code, message });
+        }
+        // Trailers-Only: the status is in the head and there is no body.
+        if let Some(status) = status_in(resp.headers()) {
+            return match status {
+                GrpcError::Status { code: code::OK, .. } => Ok(ServerStream {
+                    resp: None,
+                    reader: FrameReader::default(),
+                }),
+                e => Err(e),
+            };
+        }
+        Ok(ServerStream {
+            resp: Some(resp),
+            reader: FrameReader::default(),
+        })
+    }
+
+    /// One attempt of a unary call: the single answer message.
+    pub fn unary_once(&self, message: &[u8]) -> Result<Vec<u8>, GrpcError> {
+        let mut stream = self.open(message)?;
+        let reply = stream.next_message()?;
+        // Drain to the trailers: a status after the message still decides.
+        while stream.next_message()?.is_some() {}
+        reply.ok_or_else(|| GrpcError::Status {
+            code: code::INTERNAL,
+            message: "no message in a unary answer".into(),
+        })
+    }
+
+    /// A unary call, retried on `UNAVAILABLE`/`RESOURCE_EXHAUSTED` with exponential backoff.
+    /// Only for calls that are safe to repeat (reads, or writes with an idempotency key).
+    pub fn unary(&self, message: &[u8]) -> Result<Vec<u8>, GrpcError> {
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.unary_once(message) {
+                Err(e) if e.is_retryable() && attempt < self.retry.attempts => {
+                    crate::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The messages of an answer, read as they arrive; the status is checked at the end.
+pub struct ServerStream {
+    resp: Option<Response>,
+    reader: FrameReader,
+}
+
+impl ServerStream {
+    /// The next message; `None` once the stream ended with `OK`; the status as an error
+    /// otherwise (and transport failures mid-stream as `Transport`).
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, GrpcError> {
+        loop {
+            if let Some(m) = self.reader.next_message()? {
+                return Ok(Some(m));
+            }
+            let Some(resp) = self.resp.as_mut() else {
+                return Ok(None);
+            };
+            match resp.read_chunk().map_err(GrpcError::Transport)? {
+                Some(chunk) => self.reader.push(&chunk),
+                None => {
+                    let resp = self.resp.take().expect("checked above");
+                    let trailers = resp
+                        .trailers()
+                        .map_err(GrpcError::Transport)?
+                        .unwrap_or_default();
+                    if self.reader.pending() > 0 {
+                        return Err(GrpcError::Transport(unavailable(
+                            "gRPC stream ended inside a message",
+                        )));
+                    }
+                    return match status_in(&trailers) {
+                        Some(GrpcError::Status { code: code::OK, .. }) => Ok(None),
+                        Some(e) => Err(e),
+                        None => Err(GrpcError::Transport(unavailable(
+                            "gRPC stream ended without a status",
+                        ))),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_across_chunks() {
+        let mut r = FrameReader::default();
+        let mut bytes = frame(b"hello");
+        bytes.extend(frame(b""));
+        bytes.extend(frame(b"world"));
+        for b in &bytes[..7] {
+            r.push(&[*b]);
+        }
+        assert_eq!(r.next_message().unwrap(), None);
+        r.push(&bytes[7..]);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"hello");
+        assert_eq!(r.next_message().unwrap().unwrap(), b"");
+        assert_eq!(r.next_message().unwrap().unwrap(), b"world");
+        assert_eq!(r.next_message().unwrap(), None);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn status_and_timeout_helpers() {
+        assert_eq!(decode_message("a%20b%25"), "a b%");
+        assert_eq!(timeout_header(Duration::from_secs(15)), "15000m");
+        let fields = vec![
+            ("grpc-status".to_string(), "14".to_string()),
+            ("grpc-message".to_string(), "down".to_string()),
+        ];
+        let e = status_in(&fields).unwrap();
+        assert_eq!(e.code(), code::UNAVAILABLE);
+        assert!(e.is_retryable());
+        assert!(matches!(Error::from(e), Error::Unavailable(_)));
+        assert_eq!(code_for_http(429), code::RESOURCE_EXHAUSTED);
+    }
+}

@@ -1,0 +1,552 @@
+//! The `modal` provider plugin end to end: sandbox-host → modal.wasm (gRPC over wasi:http,
+//! HTTP/2 with trailers) → the Modal emulator (in-process, one h2c port for the control plane
+//! and the task command router, commands really running in localbox under bubblewrap).
+//! Needs `make plugins` (target/plugins/modal.wasm).
+//!
+//! - the conformance suite;
+//! - preflight refusals before any network call (environment unset, `prod` not allowed) and a
+//!   missing token;
+//! - HTTP/2 only: without the operator's `h2c` entry the host would speak HTTP/1.1, which the
+//!   emulator (like any gRPC server) refuses, so calls fail;
+//! - faults: UNAVAILABLE and RESOURCE_EXHAUSTED retried, an output stream reset mid-output
+//!   resumed by offset with no byte lost or repeated, latency.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use emulator_common::{FaultRule, Faults, Options};
+use sandbox_host::types::{Capabilities, ExecRequest, Spec};
+use sandbox_host::ProviderError;
+use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::host_with;
+
+/// The emulator serving on a loopback port, with its engine and fault switches.
+struct Emulator {
+    base_url: String,
+    state: std::sync::Arc<emulator_modal::state::Emu>,
+    engine: localbox::Engine,
+    faults: Faults,
+    task: tokio::task::JoinHandle<()>,
+    _root: tempfile::TempDir,
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        sandbox_tests::init_tracing();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let engine =
+            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let faults = Faults::default();
+        let _ = Options {
+            engine: engine.clone(),
+            faults: faults.clone(),
+            base_url: base_url.clone(),
+        };
+        let state = std::sync::Arc::new(emulator_modal::state::Emu::new(engine.clone()));
+        let router = emulator_common::with_faults(
+            emulator_modal::router_with(state.clone()),
+            faults.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let _ = emulator_common::serve(listener, router).await;
+        });
+        Emulator {
+            base_url,
+            state,
+            engine,
+            faults,
+            task,
+            _root: root,
+        }
+    }
+
+    /// The host configuration pointing the plugin at this emulator over h2c, with `extra` lines.
+    fn config_with(&self, h2c: bool, extra: &str) -> String {
+        let url = &self.base_url;
+        // `h2c = []` also overrides the bundled preset's loopback entries.
+        let h2c = if h2c {
+            format!("h2c = [\"{url}\"]\n")
+        } else {
+            "h2c = []\n".to_string()
+        };
+        format!(
+            "[plugins.modal]\nallow = [\"{url}\"]\n{h2c}settings.server-url = \"{url}\"\n\
+             secrets.token-id = {{ env = \"SANDBOX_HOST_TEST_UNSET_MODAL_ID\", default = \"ak-test\", hosts = [\"{url}\"] }}\n\
+             secrets.token-secret = {{ env = \"SANDBOX_HOST_TEST_UNSET_MODAL_SECRET\", default = \"as-test\", hosts = [\"{url}\"] }}\n{extra}"
+        )
+    }
+
+    fn config(&self) -> String {
+        self.config_with(true, "settings.environment = \"dev\"\n")
+    }
+
+    fn fault(&self, rule: &str) {
+        self.faults.push(rule.parse::<FaultRule>().unwrap());
+    }
+
+    /// Live localbox sandboxes behind the emulator.
+    fn live(&self) -> usize {
+        self.engine.list(&BTreeMap::new()).len()
+    }
+
+    async fn shutdown(self) {
+        self.task.abort();
+        self.engine.shutdown().await;
+    }
+}
+
+fn provider_error<T: std::fmt::Debug>(r: Result<T, sandbox_host::Error>) -> ProviderError {
+    match r {
+        Err(e) => e
+            .provider_error()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a provider error: {e}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modal_plugin_passes_the_conformance_suite() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let provider = t.host.provider("modal").unwrap();
+    let caps = provider.info().unwrap().capabilities;
+    let started = Instant::now();
+    let report = run_conformance(&provider, caps)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}total {:.2?}", started.elapsed());
+    // Modal has no pause/resume or timeout change; background processes are not done yet.
+    assert_eq!(
+        report.skipped,
+        [
+            "background processes",
+            "port-url reaches a server",
+            "set-timeout",
+            "pause and resume"
+        ],
+        "skipped"
+    );
+    assert_eq!(emu.live(), 0, "the suite left sandboxes behind");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_binds_the_token_pair_to_the_control_plane() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let info = t.host.provider("modal").unwrap().info().unwrap();
+    assert_eq!(info.name, "modal");
+    assert!(info.capabilities.contains(
+        Capabilities::STREAMING | Capabilities::STDIN | Capabilities::FILES | Capabilities::PORTS
+    ));
+    let creds: Vec<_> = info
+        .credentials
+        .iter()
+        .map(|c| (c.secret.as_str(), c.header.as_str(), c.format.as_str()))
+        .collect();
+    assert_eq!(
+        creds,
+        [
+            ("token-id", "x-modal-token-id", "{}"),
+            ("token-secret", "x-modal-token-secret", "{}")
+        ]
+    );
+    for c in &info.credentials {
+        assert_eq!(c.hosts, ["https://api.modal.com", "https://api.modal2.com"]);
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_before_any_network_call() {
+    let emu = Emulator::start().await;
+    // Every call would fail if it reached the emulator: prove none does.
+    emu.fault("status:500");
+
+    let t = host_with(&["modal"], &emu.config_with(true, "")).await;
+    let provider = t.host.provider("modal").unwrap();
+    let checks = provider.preflight().await.unwrap();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert!(
+        !checks[0].ok && checks[0].name == "environment",
+        "{checks:?}"
+    );
+    assert!(matches!(
+        provider_error(provider.create(Spec::default()).await),
+        ProviderError::InvalidArgument(_)
+    ));
+
+    let t = host_with(
+        &["modal"],
+        &emu.config_with(true, "settings.environment = \"prod\"\n"),
+    )
+    .await;
+    let provider = t.host.provider("modal").unwrap();
+    let checks = provider.preflight().await.unwrap();
+    let prod = checks.iter().find(|c| c.name == "not-prod").unwrap();
+    assert!(!prod.ok && prod.detail.contains("allow-prod"), "{checks:?}");
+    assert_eq!(
+        checks.len(),
+        2,
+        "no token probe after a refusal: {checks:?}"
+    );
+    let e = provider_error(provider.create(Spec::default()).await);
+    assert!(
+        matches!(&e, ProviderError::InvalidArgument(m) if m.contains("prod")),
+        "{e:?}"
+    );
+    assert_eq!(emu.live(), 0);
+
+    // Allowed explicitly: the checks pass and the token probe runs (and reaches the emulator).
+    emu.faults.set(vec![]);
+    let t = host_with(
+        &["modal"],
+        &emu.config_with(
+            true,
+            "settings.environment = \"prod\"\nsettings.allow-prod = \"true\"\n",
+        ),
+    )
+    .await;
+    let checks = t.host.provider("modal").unwrap().preflight().await.unwrap();
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_token_is_unauthorized() {
+    let emu = Emulator::start().await;
+    let url = &emu.base_url;
+    let config = format!("[plugins.modal]\nallow = [\"{url}\"]\nh2c = [\"{url}\"]\nsettings.server-url = \"{url}\"\nsettings.environment = \"dev\"\n");
+    let t = host_with(&["modal"], &config).await;
+    let provider = t.host.provider("modal").unwrap();
+    let checks = provider.preflight().await.unwrap();
+    let token = checks.iter().find(|c| c.name == "token").unwrap();
+    assert!(!token.ok && token.detail.contains("token"), "{checks:?}");
+    assert!(matches!(
+        provider_error(provider.create(Spec::default()).await),
+        ProviderError::Unauthorized(_)
+    ));
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_is_never_used_for_grpc() {
+    let emu = Emulator::start().await;
+    // Without the h2c entry the host's plain-HTTP client speaks HTTP/1.1: the emulator refuses
+    // it, so nothing works. With it (the other tests) everything does: HTTP/2 was used.
+    let t = host_with(
+        &["modal"],
+        &emu.config_with(false, "settings.environment = \"dev\"\n"),
+    )
+    .await;
+    let provider = t.host.provider("modal").unwrap();
+    let e = provider_error(provider.create(Spec::default()).await);
+    assert!(!matches!(e, ProviderError::Unauthorized(_)), "{e:?}");
+    assert_eq!(emu.live(), 0);
+    let t = host_with(&["modal"], &emu.config()).await;
+    let sandbox = t
+        .host
+        .provider("modal")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    sandbox.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_survived() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let provider = t.host.provider("modal").unwrap();
+
+    // UNAVAILABLE (503) and RESOURCE_EXHAUSTED (429) on the control plane: retried; the create
+    // happens once.
+    emu.fault("status:503,count=2,path=/modal.client.ModalClient/AppGetOrCreate");
+    emu.fault("status:429,count=1,path=/modal.client.ModalClient/SandboxCreateV2");
+    let sandbox = provider
+        .create(Spec {
+            ports: vec![],
+            ..Spec::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(emu.live(), 1);
+    assert!(
+        emu.faults.list().is_empty(),
+        "faults not consumed: {:?}",
+        emu.faults.list()
+    );
+
+    // The same as gRPC statuses (Trailers-Only), on the control plane and the router.
+    emu.state.grpc_faults.lock().unwrap().extend([
+        // A method this scenario never calls: its fault must be left over.
+        grpc_fault("SandboxGetFromNameV2", 14, 1),
+        grpc_fault("SandboxTagsGetV2", 14, 2),
+        grpc_fault("SandboxWaitV2", 8, 1),
+        grpc_fault("TaskExecWait", 14, 1),
+    ]);
+    let info = sandbox.info().await.unwrap();
+    assert_eq!(info.id, sandbox.id());
+    assert_eq!(
+        sandbox
+            .exec(ExecRequest::shell("echo grpc"), None)
+            .await
+            .unwrap()
+            .stdout_tail,
+        b"grpc\n"
+    );
+    let left: Vec<_> = emu
+        .state
+        .grpc_faults
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.method.clone())
+        .collect();
+    assert_eq!(left, ["SandboxGetFromNameV2"], "gRPC faults not consumed");
+    emu.state.grpc_faults.lock().unwrap().clear();
+
+    // A stream reset in the middle of command output (mid-message, after bytes reached the
+    // plugin): resumed from the byte offset, nothing lost or repeated.
+    // Two bursts, so the stream carries at least two messages; reset inside the second.
+    let script = "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); [ $i = 1000 ] && sleep 0.3; done; true";
+    let expected: String = (0..2000).map(|i| format!("line-{i}\n")).collect();
+    emu.state.output_resets.lock().unwrap().push(10_000);
+    emu.state.stdio_offsets.lock().unwrap().clear();
+    let streamed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = streamed.clone();
+    let out = sandbox
+        .exec(
+            ExecRequest::shell(script),
+            Some(Box::new(move |_, b: &[u8]| {
+                sink.lock().unwrap().extend_from_slice(b)
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(
+        emu.state.output_resets.lock().unwrap().is_empty(),
+        "the reset was not injected"
+    );
+    let offsets = emu.state.stdio_offsets.lock().unwrap().clone();
+    assert!(
+        offsets.iter().any(|o| *o > 0 && *o < 10_000),
+        "no read resumed mid-output: {offsets:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.lock().unwrap()),
+        expected,
+        "bytes lost or repeated"
+    );
+    // The shared `drop` fault (connection cut after some bytes) on the same call.
+    emu.fault(
+        "drop:3000,count=1,path=/modal.task_command_router.TaskCommandRouter/TaskExecStdioRead",
+    );
+    let out = sandbox
+        .exec(ExecRequest::shell(script), None)
+        .await
+        .unwrap();
+    assert!(emu.faults.list().is_empty(), "the drop was not injected");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout_tail),
+        expected,
+        "bytes lost or repeated"
+    );
+
+    // Router UNAVAILABLE on start, and latency.
+    emu.fault("status:503,count=1,path=/modal.task_command_router.TaskCommandRouter/TaskExecStart");
+    emu.fault("latency:300,count=1,path=/modal.task_command_router.TaskCommandRouter/TaskExecWait");
+    let started = Instant::now();
+    let out = sandbox
+        .exec(ExecRequest::shell("echo ok"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"ok\n");
+    assert!(started.elapsed().as_millis() >= 300);
+
+    sandbox.destroy().await.unwrap();
+    assert_eq!(emu.live(), 0);
+    emu.shutdown().await;
+}
+
+fn grpc_fault(method: &str, code: i32, count: u32) -> emulator_modal::state::GrpcFault {
+    emulator_modal::state::GrpcFault {
+        method: method.into(),
+        code,
+        message: String::new(),
+        count,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_jwt_is_refreshed_on_unauthenticated() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let sandbox = t
+        .host
+        .provider("modal")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    // Every router JWT handed out so far is now refused.
+    emu.state
+        .jwt_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out = sandbox
+        .exec(ExecRequest::shell("echo refreshed"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"refreshed\n");
+    // The fresh token was persisted: the next call needs no refresh (a refresh would now fail).
+    emu.state
+        .grpc_faults
+        .lock()
+        .unwrap()
+        .push(grpc_fault("SandboxGetCommandRouterAccess", 13, 10));
+    let out = sandbox
+        .exec(ExecRequest::shell("echo again"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"again\n");
+    emu.state.grpc_faults.lock().unwrap().clear();
+    sandbox.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_and_attach_by_id() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let provider = t.host.provider("modal").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let eport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = Spec {
+        ports: vec![port, eport],
+        options: vec![("unencrypted-ports".into(), port.to_string())],
+        labels: vec![("who".into(), "ports-test".into())],
+        name: Some("named-box".into()),
+        ..Spec::default()
+    };
+    let sandbox = provider.create(spec).await.unwrap();
+    let endpoint = sandbox.port_url(port).await.unwrap();
+    assert_eq!(endpoint.url, format!("http://127.0.0.1:{port}"));
+
+    // The encrypted port: TLS with the emulator's test CA, through to a server in the sandbox.
+    let endpoint = sandbox.port_url(eport).await.unwrap();
+    let proxy: u16 = endpoint
+        .url
+        .strip_prefix("https://localhost:")
+        .expect("an https URL")
+        .parse()
+        .unwrap();
+    let lb_id = emu.state.sandbox(sandbox.id()).unwrap().lb_id;
+    emu.engine
+        .write_file(&lb_id, "/workspace/page.txt", b"over tls\n".to_vec(), None)
+        .await
+        .unwrap();
+    emu.engine
+        .start_process(
+            &lb_id,
+            localbox::ExecRequest::shell(format!(
+                "exec python3 -m http.server {eport} --bind 127.0.0.1"
+            )),
+        )
+        .await
+        .unwrap();
+    let ca = emu.state.tls.as_ref().unwrap().ca_der.clone();
+    let mut body = Vec::new();
+    for _ in 0..100 {
+        match https_get(proxy, &ca, "/page.txt").await {
+            Ok(b) if b.ends_with(b"over tls\n") => {
+                body = b;
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        body.starts_with(b"HTTP/1.0 200"),
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(matches!(
+        provider_error(sandbox.port_url(1).await),
+        ProviderError::NotFound(_)
+    ));
+
+    // Attach by id alone (no token): the plugin fetches task id and router access.
+    let attached = provider.attach(sandbox.id()).await.unwrap();
+    let out = attached
+        .exec(ExecRequest::shell("echo attached"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"attached\n");
+    // Without stdin bytes, stdin is closed: `cat` ends at once.
+    let out = attached
+        .exec(ExecRequest::argv(["cat"]), None)
+        .await
+        .unwrap();
+    assert_eq!((out.exit_code, out.stdout_tail.len()), (0, 0));
+    let info = attached.info().await.unwrap();
+    assert!(info.labels.contains(&("who".into(), "ports-test".into())));
+
+    // Attach by name.
+    let by_name = provider.attach("named-box").await.unwrap();
+    assert_eq!(by_name.id(), sandbox.id());
+    let out = by_name
+        .exec(ExecRequest::shell("echo by-name"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_tail, b"by-name\n");
+    assert!(matches!(
+        provider_error(provider.attach("no-such-name").await),
+        ProviderError::NotFound(_)
+    ));
+
+    sandbox.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+/// GET `path` over TLS from 127.0.0.1:`port`, trusting only `ca_der` (for `localhost`).
+async fn https_get(port: u16, ca_der: &[u8], path: &str) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        connector.connect(name, tcp),
+    )
+    .await??;
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out)).await??;
+    Ok(out)
+}
