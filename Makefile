@@ -5,7 +5,7 @@
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 # Provider plugins shipped in target/plugins/, and test fixtures in target/test-plugins/.
-PROVIDER_PLUGINS := local example daytona runloop modal
+PROVIDER_PLUGINS := local example daytona runloop modal e2b
 FIXTURE_PLUGINS := hostile
 GUEST_OUT := plugins/target/$(WASM_TARGET)/release
 

@@ -1,6 +1,11 @@
 //! `make bench`: each number is printed beside its baseline, measured in the same run, as a
 //! ratio. Nothing here asserts a time; the budgets are in DESIGN.md.
 
+mod daytona;
+mod serve;
+mod runloop;
+mod modal;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,6 +17,8 @@ use sandbox_host::{EngineOptions, Host, HostBuilder};
 use sandbox_tests::localbox_support::LocalboxServer;
 use sandbox_tests::plugin_file;
 use sandbox_tests::servers::TestServer;
+
+mod e2b;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -338,4 +345,9 @@ async fn main() {
     host_start().await;
     concurrency().await;
     local_exec().await;
+    e2b::run().await;
+    daytona::run().await;
+    serve::run().await;
+    runloop::run().await;
+    modal::run().await;
 }

@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod example_server;
 pub mod localbox_support;
+pub mod serve_support;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
