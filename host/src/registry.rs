@@ -200,22 +200,18 @@ impl SessionStore for SqliteStore {
     }
 
     fn get(&self, provider: &str, sandbox_id: &str) -> Result<Option<SessionRecord>, Error> {
-        self.conn
-            .lock()
-            .unwrap()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"),
-                params![provider, sandbox_id],
-                row_to_record,
-            )
-            .optional()
-            .map_err(db_err)
+        // Every sandbox call reads its record: keep the statement prepared.
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"))
+            .map_err(db_err)?;
+        stmt.query_row(params![provider, sandbox_id], row_to_record).optional().map_err(db_err)
     }
 
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM sessions WHERE sandbox_id = ?1 ORDER BY provider"
             ))
             .map_err(db_err)?;
@@ -232,7 +228,7 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR provider = ?1) ORDER BY created_at_ms, sandbox_id"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR provider = ?1) ORDER BY created_at_ms, sandbox_id"))
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![provider], row_to_record)
