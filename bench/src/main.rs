@@ -2,9 +2,10 @@
 //! ratio. Nothing here asserts a time; the budgets are in DESIGN.md.
 
 mod daytona;
-mod serve;
-mod runloop;
 mod modal;
+mod runloop;
+mod sdk_compare;
+mod serve;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -5,18 +5,13 @@
 //! after a warm-up round, without process start-up or imports. Prints wall time and the client
 //! process's CPU time for each, and the ratios (goals: wall ≤ 0.5x, CPU ≤ 0.2x).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sandbox_host::types::{ExecRequest, Spec};
-use sandbox_host::Provider;
-
-/// Measured rounds per side (after one warm-up round).
-const ROUNDS: usize = 5;
-const EXECS: usize = 20;
-const FILE_BYTES: usize = 1 << 20;
+use crate::sdk_compare::{
+    cpu_time, emulator_bin, mean, ms, python, scenario, EmulatorProcess, EXECS, FILE_BYTES, ROUNDS,
+};
 
 /// The SDK side: the same scenario, timed in-process; one `wall cpu` line (seconds) per round.
 const SDK_SCRIPT: &str = r#"
@@ -42,108 +37,6 @@ for _ in range(rounds):
     print(time.perf_counter() - w, time.process_time() - c, flush=True)
 "#;
 
-fn workspace() -> PathBuf {
-    sandbox_tests::workspace()
-}
-
-/// The emulator binary: `SANDBOX_EMULATOR_BIN`, else the release build, else the debug one.
-fn emulator_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_EMULATOR_BIN") {
-        return Some(p.into());
-    }
-    [
-        "target/release/sandbox-emulator",
-        "target/debug/sandbox-emulator",
-    ]
-    .iter()
-    .map(|p| workspace().join(p))
-    .find(|p| p.exists())
-}
-
-/// The Python with the pinned SDKs: `SDK_PYTHON`, else the repo's venv.
-fn python() -> Option<PathBuf> {
-    std::env::var_os("SDK_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| Some(workspace().join(".venv/bin/python")).filter(|p| p.exists()))
-}
-
-/// This process's user + system CPU time (from /proc, in clock ticks of 10 ms).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-struct EmulatorProcess {
-    child: Child,
-    url: String,
-}
-
-impl EmulatorProcess {
-    fn start(bin: &PathBuf) -> anyhow::Result<EmulatorProcess> {
-        let mut child = Command::new(bin)
-            .args(["modal", "--listen", "127.0.0.1:0", "--isolation", "none"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        Ok(EmulatorProcess {
-            child,
-            url: line.trim().to_string(),
-        })
-    }
-}
-
-impl Drop for EmulatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn scenario(provider: &Provider, data: &[u8]) -> anyhow::Result<()> {
-    let sandbox = provider.create(Spec::default()).await?;
-    for i in 0..EXECS {
-        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = out.clone();
-        let r = sandbox
-            .exec(
-                ExecRequest::shell(format!("echo {i}")),
-                Some(Box::new(move |_, b: &[u8]| {
-                    sink.lock().unwrap().extend_from_slice(b)
-                })),
-            )
-            .await?;
-        anyhow::ensure!(
-            r.exit_code == 0 && *out.lock().unwrap() == format!("{i}\n").into_bytes(),
-            "echo {i}: {r:?}"
-        );
-    }
-    sandbox
-        .write_file("/workspace/bench.bin", data.to_vec(), None)
-        .await?;
-    anyhow::ensure!(
-        sandbox.read_file("/workspace/bench.bin").await? == data,
-        "the 1 MiB file came back different"
-    );
-    sandbox.destroy().await?;
-    Ok(())
-}
-
-fn mean(v: &[Duration]) -> Duration {
-    v.iter().sum::<Duration>() / v.len().max(1) as u32
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// Prints the comparison; a missing emulator binary or Python SDK is reported, not fatal.
 pub async fn run() {
     println!("modal: create + {EXECS} x exec echo + 1 MiB write/read + destroy, {ROUNDS} rounds after a warm-up");
@@ -160,7 +53,7 @@ async fn compare(bin: &PathBuf, py: &PathBuf) -> anyhow::Result<()> {
     let data: Vec<u8> = (0..FILE_BYTES).map(|i| (i * 7 + 3) as u8).collect();
 
     // Ours: host + plugin, in this process.
-    let emu = EmulatorProcess::start(bin)?;
+    let emu = EmulatorProcess::start(bin, "modal")?;
     let url = &emu.url;
     let config = format!(
         "[plugins.modal]\nallow = [\"{url}\"]\nh2c = [\"{url}\"]\nsettings.server-url = \"{url}\"\nsettings.environment = \"bench\"\n\
@@ -181,7 +74,7 @@ async fn compare(bin: &PathBuf, py: &PathBuf) -> anyhow::Result<()> {
     drop(emu);
 
     // Theirs: the official SDK in one Python process, against a fresh emulator.
-    let emu = EmulatorProcess::start(bin)?;
+    let emu = EmulatorProcess::start(bin, "modal")?;
     let out = tokio::task::spawn_blocking({
         let (py, port) = (
             py.clone(),
