@@ -116,7 +116,9 @@ async fn execute(State(app): Ctx, Path(id): Path<String>, Json(b): Json<ExecuteB
         ),
         env: b.envs.unwrap_or_default(),
         timeout: b.timeout.filter(|t| *t > 0).map(Duration::from_secs),
-        stdin: Some(format!("{}\n", b.command).into_bytes()),
+        // One descriptor for both streams, as the daemon's combined output: two pipes read
+        // side by side would reorder `echo out; echo err >&2`.
+        stdin: Some(format!("exec 2>&1\n{}\n", b.command).into_bytes()),
     };
     match run_combined(&app, &id, req).await {
         Ok((_, _, true)) => dto::daemon_error(
