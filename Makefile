@@ -67,7 +67,7 @@ test: plugins bwrap
 	$(MAKE) sdk-test
 
 bench: plugins bwrap
-	$(CARGO) run --release -p sandbox-bench
+	$(CARGO) run --release -p sandbox-bench -- $(ARGS)
 
 lint:
 	$(CARGO) clippy --workspace --all-targets

@@ -53,6 +53,8 @@ async fn host(plugins: &[&str], config: &str, pooling: bool, home: &Path) -> Hos
     }
     HostBuilder::new()
         .home(home)
+        // One compile cache for every host the bench builds: compiling is measured on its own.
+        .cache_dir(sandbox_tests::workspace().join("target/bench-cache"))
         .plugins_dir(&dir)
         .config(Config::from_toml(config, "bench").unwrap())
         .engine_options(EngineOptions { pooling })
@@ -341,14 +343,66 @@ async fn main() {
         },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    call_overhead().await;
-    compile_vs_cache();
-    host_start().await;
-    concurrency().await;
-    local_exec().await;
-    e2b::run().await;
-    daytona::run().await;
-    serve::run().await;
-    runloop::run().await;
-    modal::run().await;
+    // `sandbox-bench [NAME…]` runs only the named sections (e.g. `make bench ARGS=runloop`).
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let want = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if want("overhead") {
+        call_overhead().await;
+    }
+    if want("cpu") {
+        call_cpu().await;
+    }
+    if want("cache") {
+        compile_vs_cache();
+    }
+    if want("start") {
+        host_start().await;
+    }
+    if want("concurrency") {
+        concurrency().await;
+    }
+    if want("local") {
+        local_exec().await;
+    }
+    if want("e2b") {
+        e2b::run().await;
+    }
+    if want("daytona") {
+        daytona::run().await;
+    }
+    if want("serve") {
+        serve::run().await;
+    }
+    if want("runloop") {
+        runloop::run().await;
+    }
+    if want("modal") {
+        modal::run().await;
+    }
+}
+
+/// CPU per call, sequential: a plugin call with no I/O, and one with one HTTP request to an
+/// out-of-process server (the e2b emulator), to see what a provider call costs the host.
+async fn call_cpu() {
+    println!("\n## CPU per sequential call (host process only)");
+    let Some(bin) = ["target/release/sandbox-emulator"].iter().map(|p| sandbox_tests::workspace().join(p)).find(|p| p.exists()) else { return };
+    let mut child = std::process::Command::new(bin).args(["e2b", "--listen", "127.0.0.1:0", "--isolation", "none"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let url = line.trim().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let config = format!("[plugins.hostile]\nallow = [\"{url}\"]\n");
+    for pooling in [false, true] {
+        let h = host(&["hostile"], &config, pooling, home.path()).await;
+        let sandbox = h.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
+        for (name, argv) in [("exec ok (no I/O)", vec!["ok".to_string()]), ("exec egress (1 GET)", vec!["egress".into(), format!("{url}/health")])] {
+            let n = 500;
+            for _ in 0..50 { sandbox.exec(ExecRequest::argv(argv.clone()), None).await.unwrap(); }
+            let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
+            for _ in 0..n { sandbox.exec(ExecRequest::argv(argv.clone()), None).await.unwrap(); }
+            let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
+            println!("pooling={pooling:<5} {name:<22} wall {:7.1} µs  CPU {:7.1} µs", us(w), us(cpu));
+        }
+    }
+    let _ = child.kill();
 }

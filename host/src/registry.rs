@@ -123,6 +123,11 @@ impl SqliteStore {
             .map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
+        // In WAL mode NORMAL syncs at checkpoints, not at every commit: a power cut may lose
+        // the last few state changes (the provider still has the sandboxes, and `list`
+        // re-attaches them), never corrupt the file; a crash of the host loses nothing.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
         Self::migrate(conn)
     }
 

@@ -15,6 +15,25 @@ pub(crate) const SANDBOX_PATH: &str =
 /// involving a shell's parsing, and accepts argv[0] starting with `-`.
 const ENV_SHIM: &str = "/usr/bin/env";
 
+/// `name` as an executable file: itself when absolute, else the first match on `path`.
+fn find_program(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.starts_with('/') {
+        return Some(PathBuf::from(name)).filter(|p| executable(p));
+    }
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| executable(p))
+}
+
 /// The parts of a sandbox a launch needs.
 pub(crate) struct SandboxMounts<'a> {
     pub workspace: &'a Path,
@@ -96,6 +115,20 @@ impl Isolator {
                     ),
                 ];
                 full_env.extend(env.iter().cloned());
+                // Unisolated, a program found on the command's PATH is started directly: one
+                // exec instead of two (the shim's exit codes matter only when it is missing).
+                let payload = match command {
+                    CommandSpec::Argv(argv) => match argv.first().and_then(|p| {
+                        let path = full_env.iter().rev().find(|(k, _)| k == "PATH")?;
+                        find_program(p, &path.1)
+                    }) {
+                        Some(program) => std::iter::once(program.into_os_string())
+                            .chain(argv[1..].iter().map(Into::into))
+                            .collect(),
+                        None => payload,
+                    },
+                    CommandSpec::Shell(_) => payload,
+                };
                 let mut payload = payload.into_iter();
                 Ok(Launch {
                     program: payload.next().map(PathBuf::from).unwrap_or_default(),
@@ -203,4 +236,27 @@ pub(crate) fn validate_env(key: &str, value: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_program;
+
+    #[test]
+    fn programs_are_found_on_the_given_path_only() {
+        let sh = find_program("sh", "/nonexistent:/usr/bin:/bin").expect("sh on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"));
+        assert_eq!(find_program("sh", "/nonexistent"), None);
+        assert_eq!(find_program("sh", "relative/dir"), None);
+        assert_eq!(find_program("./sh", "/usr/bin:/bin"), None);
+        assert_eq!(find_program("", "/usr/bin:/bin"), None);
+        assert_eq!(find_program("/bin/sh", ""), Some("/bin/sh".into()));
+        // Not executable, or a directory: left to the shim (126/127 semantics).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data"), "x").unwrap();
+        let dir_path = dir.path().to_str().unwrap();
+        assert_eq!(find_program("data", dir_path), None);
+        assert_eq!(find_program(&format!("{dir_path}/data"), ""), None);
+        assert_eq!(find_program("bin", "/usr:/"), None);
+    }
 }
