@@ -274,7 +274,24 @@ impl Call {
 
     /// Opens a server-streaming (or any) call: the answer's messages as they arrive.
     pub fn open(&self, message: &[u8]) -> Result<ServerStream, GrpcError> {
-        let resp = self.request(message).send().map_err(GrpcError::Transport)?;
+        self.start(message)?.open()
+    }
+
+    /// Sends the call without waiting for its answer (several calls can be in flight at once
+    /// on one HTTP/2 connection); [`PendingCall`] then takes the answer. Not retried.
+    pub fn start(&self, message: &[u8]) -> Result<PendingCall, GrpcError> {
+        let sent = self.request(message).start().map_err(GrpcError::Transport)?;
+        Ok(PendingCall(sent))
+    }
+}
+
+/// A call sent whose answer has not been taken yet.
+pub struct PendingCall(crate::http::InFlight);
+
+impl PendingCall {
+    /// The answer's messages as they arrive.
+    pub fn open(self) -> Result<ServerStream, GrpcError> {
+        let resp = self.0.wait().map_err(GrpcError::Transport)?;
         if resp.status() != 200 {
             let code = code_for_http(resp.status());
             let message = format!("HTTP {} from {}", resp.status(), resp.context());
@@ -296,9 +313,9 @@ impl Call {
         })
     }
 
-    /// One attempt of a unary call: the single answer message.
-    pub fn unary_once(&self, message: &[u8]) -> Result<Vec<u8>, GrpcError> {
-        let mut stream = self.open(message)?;
+    /// The single answer message of a unary call.
+    pub fn unary(self) -> Result<Vec<u8>, GrpcError> {
+        let mut stream = self.open()?;
         let reply = stream.next_message()?;
         // Drain to the trailers: a status after the message still decides.
         while stream.next_message()?.is_some() {}
@@ -306,6 +323,13 @@ impl Call {
             code: code::INTERNAL,
             message: "no message in a unary answer".into(),
         })
+    }
+}
+
+impl Call {
+    /// One attempt of a unary call: the single answer message.
+    pub fn unary_once(&self, message: &[u8]) -> Result<Vec<u8>, GrpcError> {
+        self.start(message)?.unary()
     }
 
     /// A unary call, retried on `UNAVAILABLE`/`RESOURCE_EXHAUSTED` with exponential backoff.

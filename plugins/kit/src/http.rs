@@ -170,7 +170,13 @@ impl Request {
 
     /// Sends the request and waits for the response head. Any status is `Ok`; see
     /// [`send_ok`](Request::send_ok) for status checking.
-    pub fn send(mut self) -> Result<Response> {
+    pub fn send(self) -> Result<Response> {
+        self.start()?.wait()
+    }
+
+    /// Sends the request (head and body) without waiting for the answer, so that several
+    /// requests can be in flight at once; [`InFlight::wait`] then takes the response head.
+    pub fn start(mut self) -> Result<InFlight> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -247,16 +253,11 @@ impl Request {
         // buffer would otherwise block forever.
         let future = outgoing_handler::handle(request, options)
             .map_err(|code| error_from_code(code, &context))?;
-        let written = write_body(outgoing_body, &body, &context);
-        let response = wait_response(&future, &context);
         // The response decides. A denial or a refused connection also breaks the body, and a
         // server may answer (and the host drop the body stream) before the last flush: a body
-        // error only matters when no response comes.
-        let response = match (written, response) {
-            (_, Ok(r)) => r,
-            (_, Err(e)) => return Err(e),
-        };
-        Response::new(response, future, context)
+        // error only matters when no response comes, and then the response's error says more.
+        let _ = write_body(outgoing_body, &body, &context);
+        Ok(InFlight { future, context })
     }
 
     /// [`send`](Request::send), then [`Response::error_for_status`].
@@ -267,6 +268,20 @@ impl Request {
     /// [`send_ok`](Request::send_ok), then the body as JSON.
     pub fn send_json<T: DeserializeOwned>(self) -> Result<T> {
         self.send_ok()?.json()
+    }
+}
+
+/// A request sent whose answer has not been taken yet.
+pub struct InFlight {
+    future: FutureIncomingResponse,
+    context: String,
+}
+
+impl InFlight {
+    /// Waits for the response head.
+    pub fn wait(self) -> Result<Response> {
+        let response = wait_response(&self.future, &self.context)?;
+        Response::new(response, self.future, self.context)
     }
 }
 

@@ -18,7 +18,7 @@ mod rpc;
 
 use std::time::{Duration, Instant};
 
-use kit::grpc::{code, GrpcError};
+use kit::grpc::{code, GrpcError, PendingCall};
 use kit::{
     Capabilities, Check, Command, Endpoint, ExecOutput, ExecRequest, ExecResult, FileKind,
     FileStat, Pairs, PluginInfo, Result, Sandbox, SandboxRef, SandboxState, Spec,
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use proto::client as pb;
 use proto::task_command_router as tr;
 use rpc::Router;
+use tr::TaskExecStdioFileDescriptor as Fd;
 
 struct Modal;
 
@@ -244,6 +245,14 @@ fn labels_of(tags: &[pb::SandboxTag]) -> Pairs {
 }
 
 /// A started command: its ids, for output, stdin and exit.
+/// An exec's calls sent ahead (see [`Running::send_ahead`]).
+struct Ahead {
+    stdin: Option<PendingCall>,
+    stdout: Option<PendingCall>,
+    stderr: Option<PendingCall>,
+    wait: Option<PendingCall>,
+}
+
 struct Running {
     sandbox_id: String,
     exec_id: String,
@@ -282,8 +291,67 @@ impl Running {
         })
     }
 
-    /// Writes all of `data` to stdin by offset, then closes it.
-    fn stdin(&mut self, data: &[u8]) -> Result<()> {
+    /// Sends what an exec asks right after the start, so that the round trips overlap each
+    /// other and the command: stdin with its end (when it fits one write), both output streams
+    /// and the wait. A call that cannot be sent, or is refused (an expired JWT, …), is simply
+    /// asked again the ordinary way.
+    fn send_ahead(&self, stdin: Option<&[u8]>) -> Ahead {
+        let r = self.token.router();
+        let ids = (self.token.task.clone(), self.exec_id.clone());
+        let read = |fd: tr::TaskExecStdioFileDescriptor| {
+            let req = tr::TaskExecStdioReadRequest {
+                task_id: ids.0.clone(),
+                exec_id: ids.1.clone(),
+                offset: 0,
+                file_descriptor: fd as i32,
+            };
+            r.start("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+        };
+        let stdin = stdin.filter(|d| d.len() <= STDIN_CHUNK).map(|stdin| {
+            let req = tr::TaskExecStdinWriteRequest {
+                task_id: ids.0.clone(),
+                exec_id: ids.1.clone(),
+                offset: 0,
+                data: stdin.to_vec(),
+                eof: true,
+            };
+            r.start("TaskExecStdinWrite", &req, Duration::from_secs(120))
+        });
+        let wait = tr::TaskExecWaitRequest {
+            task_id: ids.0.clone(),
+            exec_id: ids.1.clone(),
+        };
+        Ahead {
+            stdin: stdin.flatten(),
+            stdout: read(tr::TaskExecStdioFileDescriptor::Stdout),
+            stderr: read(tr::TaskExecStdioFileDescriptor::Stderr),
+            wait: r.start("TaskExecWait", &wait, Duration::from_secs(55)),
+        }
+    }
+
+    /// Runs the command to its end: stdin written and closed (`None`: left open), stdout and
+    /// stderr delivered in that order as they arrive; the exit code.
+    fn finish(
+        mut self,
+        stdin: Option<&[u8]>,
+        mut on_stdout: impl FnMut(&[u8]),
+        mut on_stderr: impl FnMut(&[u8]),
+    ) -> Result<i32> {
+        let ahead = self.send_ahead(stdin);
+        if let Some(data) = stdin {
+            self.stdin(data, ahead.stdin)?;
+        }
+        self.read(Fd::Stdout, ahead.stdout, &mut on_stdout)?;
+        self.read(Fd::Stderr, ahead.stderr, &mut on_stderr)?;
+        self.wait(ahead.wait)
+    }
+
+    /// Writes all of `data` to stdin by offset, then closes it; `ahead` is the same write
+    /// already sent (see [`send_ahead`](Running::send_ahead)).
+    fn stdin(&mut self, data: &[u8], ahead: Option<PendingCall>) -> Result<()> {
+        if ahead.is_some_and(|call| call.unary().is_ok()) {
+            return Ok(());
+        }
         let mut offset = 0usize;
         loop {
             let end = (offset + STDIN_CHUNK).min(data.len());
@@ -313,6 +381,7 @@ impl Running {
     fn read(
         &mut self,
         fd: tr::TaskExecStdioFileDescriptor,
+        mut ahead: Option<PendingCall>,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<()> {
         let mut offset = 0u64;
@@ -324,9 +393,12 @@ impl Running {
                 offset,
                 file_descriptor: fd as i32,
             };
-            let opened = with_router(&self.sandbox_id, &mut self.token, |r| {
-                r.open("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
-            });
+            let opened = match ahead.take().map(PendingCall::open) {
+                Some(Ok(stream)) => Ok(stream),
+                _ => with_router(&self.sandbox_id, &mut self.token, |r| {
+                    r.open("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+                }),
+            };
             let mut stream = match opened {
                 Ok(s) => s,
                 Err(e)
@@ -362,19 +434,23 @@ impl Running {
     }
 
     /// Waits for the exit code (a signal `n` as 128 + n).
-    fn wait(&mut self) -> Result<i32> {
+    fn wait(&mut self, mut ahead: Option<PendingCall>) -> Result<i32> {
         let req = tr::TaskExecWaitRequest {
             task_id: self.token.task.clone(),
             exec_id: self.exec_id.clone(),
         };
         loop {
-            let r = with_router(&self.sandbox_id, &mut self.token, |r| {
-                r.unary::<_, tr::TaskExecWaitResponse>(
-                    "TaskExecWait",
-                    &req,
-                    Duration::from_secs(55),
-                )
-            });
+            let answered = ahead.take().map(PendingCall::unary).and_then(|r| r.ok());
+            let r = match answered.map(|b| <tr::TaskExecWaitResponse as prost::Message>::decode(b.as_slice())) {
+                Some(Ok(resp)) => Ok(resp),
+                _ => with_router(&self.sandbox_id, &mut self.token, |r| {
+                    r.unary::<_, tr::TaskExecWaitResponse>(
+                        "TaskExecWait",
+                        &req,
+                        Duration::from_secs(55),
+                    )
+                }),
+            };
             match r {
                 Ok(resp) => {
                     use tr::task_exec_wait_response::ExitStatus;
@@ -399,7 +475,7 @@ fn fs_tool(
     stdin: Option<&[u8]>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let token = token_for(sandbox)?;
-    let mut run = Running::start(
+    let run = Running::start(
         &sandbox.id,
         token,
         vec![FS_TOOLS.into(), command.to_string()],
@@ -407,18 +483,12 @@ fn fs_tool(
         &vec![],
         None,
     )?;
-    if let Some(data) = stdin {
-        run.stdin(data)?;
-    }
-    let mut out = Vec::new();
-    run.read(tr::TaskExecStdioFileDescriptor::Stdout, |b| {
-        out.extend_from_slice(b)
-    })?;
-    let mut err = Vec::new();
-    run.read(tr::TaskExecStdioFileDescriptor::Stderr, |b| {
-        err.extend_from_slice(b)
-    })?;
-    let code = run.wait()?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run.finish(
+        stdin,
+        |b| out.extend_from_slice(b),
+        |b| err.extend_from_slice(b),
+    )?;
     Ok((code, out, err))
 }
 
@@ -919,7 +989,7 @@ impl kit::Plugin for Modal {
             None => None,
         };
         let started = Instant::now();
-        let mut run = Running::start(
+        let run = Running::start(
             &sandbox.id,
             token,
             argv,
@@ -929,11 +999,14 @@ impl kit::Plugin for Modal {
         )?;
         // The contract's stdin is closed after its bytes (none: closed at once), so a command
         // that reads stdin ends instead of waiting forever as it would on Modal.
-        run.stdin(request.stdin.as_deref().unwrap_or(&[]))?;
-        let mut out = ExecOutput::new();
-        run.read(tr::TaskExecStdioFileDescriptor::Stdout, |b| out.stdout(b))?;
-        run.read(tr::TaskExecStdioFileDescriptor::Stderr, |b| out.stderr(b))?;
-        let code = run.wait()?;
+        let out = std::cell::RefCell::new(ExecOutput::new());
+        let stdin = request.stdin.as_deref().unwrap_or(&[]);
+        let code = run.finish(
+            Some(stdin),
+            |b| out.borrow_mut().stdout(b),
+            |b| out.borrow_mut().stderr(b),
+        )?;
+        let out = out.into_inner();
         let timed_out = request.timeout_ms.is_some_and(|ms| {
             code == 124 && started.elapsed() >= Duration::from_millis(ms.saturating_sub(100))
         });
@@ -966,7 +1039,7 @@ impl kit::Plugin for Modal {
         if let Some(mode) = mode {
             // fs-tools has no mode: set it with chmod.
             let token = token_for(&sandbox)?;
-            let mut run = Running::start(
+            let run = Running::start(
                 &sandbox.id,
                 token,
                 vec!["chmod".into(), format!("{mode:o}"), p.clone()],
@@ -975,10 +1048,7 @@ impl kit::Plugin for Modal {
                 None,
             )?;
             let mut err = Vec::new();
-            run.read(tr::TaskExecStdioFileDescriptor::Stderr, |b| {
-                err.extend_from_slice(b)
-            })?;
-            let code = run.wait()?;
+            let code = run.finish(None, |_| {}, |b| err.extend_from_slice(b))?;
             if code != 0 {
                 return Err(kit::provider(
                     0,

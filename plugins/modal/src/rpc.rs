@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kit::grpc::{Call, GrpcError, ServerStream};
+use kit::grpc::{Call, GrpcError, PendingCall, ServerStream};
 use kit::Result;
 use prost::Message;
 
@@ -105,6 +105,17 @@ impl Router {
         Resp::decode(bytes.as_slice()).map_err(|e| {
             GrpcError::Transport(kit::provider(0, format!("malformed protobuf answer: {e}")))
         })
+    }
+
+    /// Sends a router call without waiting for its answer (pipelining on the HTTP/2
+    /// connection); `None` when it could not even be sent (the caller then goes the slow way).
+    pub fn start<Req: Message>(
+        &self,
+        method: &str,
+        req: &Req,
+        deadline: Duration,
+    ) -> Option<PendingCall> {
+        self.call(method, deadline).start(&req.encode_to_vec()).ok()
     }
 
     /// Opens a server-streaming router call.
