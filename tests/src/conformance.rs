@@ -332,6 +332,16 @@ async fn exec_basics(sandbox: &Sandbox) -> anyhow::Result<()> {
     ensure!(c.stderr() == "to err\n", "stderr {:?}", c.stderr());
     c.check_stream_matches_tail()?;
 
+    // A shell syntax error fails that command only; the next one still runs.
+    let c = sh(sandbox, "if then fi (").await?;
+    ensure!(
+        c.result.exit_code != 0 && !c.result.timed_out,
+        "a syntax error exited {}",
+        c.result.exit_code
+    );
+    let after = sh_ok(sandbox, "printf still").await?;
+    ensure!(after == "still", "after a syntax error: {after:?}");
+
     // argv words reach the program as they are: no shell splitting or expansion.
     let c = run(
         sandbox,

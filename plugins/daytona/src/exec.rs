@@ -104,9 +104,10 @@ fn upload_stdin(base: &str, data: &[u8]) -> Result<String> {
     Ok(path)
 }
 
-/// The shell line run in the session: `sh -c '<script>'`, where the script sets stdin, cwd and
-/// env and then runs the command. Everything runs in that child shell, so `exit` or `exec` in
-/// the command cannot end the session's own shell.
+/// The shell line run in the session: `( eval '<script>' )`, where the script sets stdin, cwd
+/// and env and then runs the command. Everything runs in that subshell, so `exit` or `exec` in
+/// the command cannot end the session's own shell, and `eval` keeps a syntax error in the
+/// command inside it too; a subshell is a fork, where `sh -c` would also start a new shell.
 fn command_line(req: &ExecRequest, stdin_file: Option<&str>) -> Result<String> {
     let mut script = String::new();
     match stdin_file {
@@ -134,7 +135,7 @@ fn command_line(req: &ExecRequest, stdin_file: Option<&str>) -> Result<String> {
         Command::Argv(argv) => script.push_str(&format!("exec {}", kit::quote_argv(argv))),
         Command::Shell(s) => script.push_str(s),
     }
-    Ok(format!("sh -c {}", kit::quote(&script)))
+    Ok(format!("( eval {} )", kit::quote(&script)))
 }
 
 #[derive(Deserialize)]
