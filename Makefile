@@ -61,7 +61,7 @@ sdk-test: venv
 	$(PY) -m pytest -q tests/sdk; rc=$$?; if [ $$rc = 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: plugins bwrap
-	cd plugins && $(CARGO) test -p kit
+	cd plugins && $(CARGO) test -p kit -p e2b -p daytona -p runloop -p modal
 	$(CARGO) build -p sandbox-host -p sandbox-emulator
 	$(CARGO) test --workspace
 	$(MAKE) sdk-test

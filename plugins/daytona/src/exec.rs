@@ -248,16 +248,12 @@ impl Trailer {
 
     /// The exit code once stdout's trailer is complete, and where it starts.
     fn stdout_end(&self, out: &[u8]) -> Option<(usize, i32)> {
-        let at = find(out, &self.out)?;
+        let at = kit::util::find(out, &self.out, 0)?;
         let rest = &out[at + self.out.len()..];
         let nl = rest.iter().position(|b| *b == b'\n')?;
         let code = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
         Some((at, code))
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// How much of `data` may be emitted now: all but a tail that could be the start of `marker`.
@@ -292,7 +288,7 @@ fn run(base: &str, sid: &str, line: &str, timeout_ms: Option<u64>) -> Result<Exe
         delay = (delay * 2).min(MAX_POLL);
         let (out, err) = logs(base, sid, &cid)?;
         let out_end = trailer.stdout_end(&out);
-        let err_end = find(&err, &trailer.err);
+        let err_end = kit::util::find(&err, &trailer.err, 0);
         let out_safe = out_end.map_or_else(|| safe_len(&out, &trailer.out), |(at, _)| at);
         let err_safe = err_end.unwrap_or_else(|| safe_len(&err, &trailer.err));
         emit_new(&mut output, true, &out[..out_safe], &mut out_sent);
@@ -462,7 +458,7 @@ mod tests {
         assert_eq!(safe_len(b"abc\nTX", &t.out), 6);
         assert_eq!(t.stdout_end(b"abc\nTOK:7"), None);
         assert_eq!(t.stdout_end(b"abc\nTOK:7\n"), Some((3, 7)));
-        assert_eq!(find(b"e\nTOK\n", &t.err), Some(1));
+        assert_eq!(kit::util::find(b"e\nTOK\n", &t.err, 0), Some(1));
     }
 
     #[test]

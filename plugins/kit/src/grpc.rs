@@ -280,7 +280,10 @@ impl Call {
     /// Sends the call without waiting for its answer (several calls can be in flight at once
     /// on one HTTP/2 connection); [`PendingCall`] then takes the answer. Not retried.
     pub fn start(&self, message: &[u8]) -> Result<PendingCall, GrpcError> {
-        let sent = self.request(message).start().map_err(GrpcError::Transport)?;
+        let sent = self
+            .request(message)
+            .start()
+            .map_err(GrpcError::Transport)?;
         Ok(PendingCall(sent))
     }
 }

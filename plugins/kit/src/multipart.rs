@@ -159,28 +159,22 @@ fn param(value: &str, key: &str) -> Option<String> {
     None
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    (from..=hay.len() - needle.len()).find(|&i| &hay[i..i + needle.len()] == needle)
-}
-
 /// Splits a multipart body into its parts.
 pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<Part>> {
     let bad = |what: &str| provider(0, format!("malformed multipart answer: {what}"));
     let delim = format!("--{boundary}").into_bytes();
     let next_delim = format!("\r\n--{boundary}").into_bytes();
-    let mut pos = find(body, &delim, 0).ok_or_else(|| bad("no opening boundary"))? + delim.len();
+    let mut pos =
+        crate::util::find(body, &delim, 0).ok_or_else(|| bad("no opening boundary"))? + delim.len();
     let mut parts = Vec::new();
     loop {
         if body[pos..].starts_with(b"--") {
             return Ok(parts);
         }
         // The rest of the boundary line.
-        let line_end = find(body, b"\r\n", pos).ok_or_else(|| bad("boundary line"))?;
+        let line_end = crate::util::find(body, b"\r\n", pos).ok_or_else(|| bad("boundary line"))?;
         let head_start = line_end + 2;
-        let head_end = find(body, b"\r\n\r\n", head_start)
+        let head_end = crate::util::find(body, b"\r\n\r\n", head_start)
             .map(|i| (i, i + 4))
             .or_else(|| {
                 body[head_start..]
@@ -190,8 +184,8 @@ pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<Part>> {
             .ok_or_else(|| bad("part headers"))?;
         let headers = String::from_utf8_lossy(&body[head_start..head_end.0]);
         let data_start = head_end.1;
-        let data_end =
-            find(body, &next_delim, data_start).ok_or_else(|| bad("no closing boundary"))?;
+        let data_end = crate::util::find(body, &next_delim, data_start)
+            .ok_or_else(|| bad("no closing boundary"))?;
         let mut part = Part {
             name: String::new(),
             filename: None,

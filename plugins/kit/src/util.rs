@@ -263,9 +263,28 @@ impl LineSplitter {
     }
 }
 
+/// Where `needle` first occurs in `hay` at or after `from` (memmem: a 1 MiB part is searched
+/// in linear time, not byte by byte with a compare at each).
+pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > hay.len() {
+        return None;
+    }
+    memchr::memmem::find(&hay[from..], needle).map(|i| from + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_locates_needles_from_an_offset() {
+        assert_eq!(find(b"abcabc", b"bc", 0), Some(1));
+        assert_eq!(find(b"abcabc", b"bc", 2), Some(4));
+        assert_eq!(find(b"abcabc", b"bd", 0), None);
+        assert_eq!(find(b"abc", b"c", 3), None);
+        assert_eq!(find(b"abc", b"c", 9), None);
+        assert_eq!(find(b"abc", b"", 0), None);
+    }
 
     #[test]
     fn percent_encoding() {

@@ -441,7 +441,9 @@ impl Running {
         };
         loop {
             let answered = ahead.take().map(PendingCall::unary).and_then(|r| r.ok());
-            let r = match answered.map(|b| <tr::TaskExecWaitResponse as prost::Message>::decode(b.as_slice())) {
+            let r = match answered
+                .map(|b| <tr::TaskExecWaitResponse as prost::Message>::decode(b.as_slice()))
+            {
                 Some(Ok(resp)) => Ok(resp),
                 _ => with_router(&self.sandbox_id, &mut self.token, |r| {
                     r.unary::<_, tr::TaskExecWaitResponse>(
