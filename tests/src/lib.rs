@@ -2,6 +2,7 @@
 //! and helpers that build a [`sandbox_host::Host`] over a temp directory with chosen plugins.
 
 pub mod conformance;
+pub mod emulator_support;
 pub mod example_server;
 pub mod localbox_support;
 pub mod serve_support;

@@ -8,50 +8,26 @@
 //!   5xx on create, a dropped connection after the sandbox was made, slow state transitions.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use emulator_common::{FaultRule, Faults, Options};
 use sandbox_host::types::{Capabilities, ExecRequest, SandboxState, Spec};
 use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::host_with;
 
-/// The emulator serving on a loopback port, with its engine and fault switches.
-struct Emulator {
-    base_url: String,
-    engine: localbox::Engine,
-    faults: Faults,
-    task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
+/// The Daytona emulator in-process (see [`InProcessEmulator`]).
+struct Emulator(InProcessEmulator);
+
+impl std::ops::Deref for Emulator {
+    type Target = InProcessEmulator;
+    fn deref(&self) -> &InProcessEmulator {
+        &self.0
+    }
 }
 
 impl Emulator {
     async fn start() -> Emulator {
-        sandbox_tests::init_tracing();
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let engine =
-            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let faults = Faults::default();
-        let opts = Options {
-            engine: engine.clone(),
-            faults: faults.clone(),
-            base_url: base_url.clone(),
-        };
-        let router = emulator_common::with_faults(emulator_daytona::router(opts), faults.clone());
-        let task = tokio::spawn(async move {
-            let _ = emulator_common::serve(listener, router).await;
-        });
-        Emulator {
-            base_url,
-            engine,
-            faults,
-            task,
-            _root: root,
-        }
+        Emulator(InProcessEmulator::start(emulator_daytona::router).await)
     }
 
     /// The host configuration pointing the plugin at this emulator.
@@ -59,37 +35,20 @@ impl Emulator {
         format!(
             "[plugins.daytona]\nsettings.api-url = \"{}/api\"\n\
              secrets.api-key = {{ env = \"SANDBOX_HOST_TEST_UNSET_DAYTONA_KEY\", default = \"test-key\", hosts = [\"http://127.0.0.1:*\"] }}\n",
-            self.base_url
+            self.url
         )
-    }
-
-    fn fault(&self, rule: &str) {
-        self.faults.push(rule.parse::<FaultRule>().unwrap());
     }
 
     /// Lifecycle transitions take `ms` (0: immediate).
     async fn transitions(&self, ms: u64) {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let req = http::Request::post(format!("{}/_emulator/daytona/transitions", self.base_url))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
-                "{{\"ms\":{ms}}}"
-            ))))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        assert_eq!(resp.status(), 204);
-    }
-
-    /// Live localbox sandboxes behind the emulator.
-    fn live(&self) -> usize {
-        self.engine.list(&BTreeMap::new()).len()
+        let status = self
+            .admin("/_emulator/daytona/transitions", &serde_json::json!({ "ms": ms }))
+            .await;
+        assert_eq!(status, 204);
     }
 
     async fn shutdown(self) {
-        self.task.abort();
-        self.engine.shutdown().await;
+        self.0.shutdown().await;
     }
 }
 

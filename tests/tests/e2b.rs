@@ -7,79 +7,54 @@
 //! - faults (429 + Retry-After, 5xx, dropped connections) are absorbed by the host's retries
 //!   within their budget, a create is never duplicated, and non-idempotent calls surface typed.
 
-use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use emulator_common::{FaultRule, Faults, Options};
 use emulator_e2b::Emulator;
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
 use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::{host_with, TestHost};
 
-/// An in-process E2B emulator over a fresh localbox engine.
+/// The E2B emulator in-process (see [`InProcessEmulator`]), with its state.
 struct E2bEmulator {
-    addr: SocketAddr,
+    inner: InProcessEmulator,
     emu: Emulator,
-    faults: Faults,
-    engine: localbox::Engine,
-    task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
+}
+
+impl std::ops::Deref for E2bEmulator {
+    type Target = InProcessEmulator;
+    fn deref(&self) -> &InProcessEmulator {
+        &self.inner
+    }
 }
 
 impl E2bEmulator {
     async fn start() -> E2bEmulator {
-        sandbox_tests::init_tracing();
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let engine =
-            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let faults = Faults::default();
-        let opts = Options {
-            engine: engine.clone(),
-            faults: faults.clone(),
-            base_url: format!("http://{addr}"),
-        };
-        let emu = Emulator::new(opts);
-        let router =
-            emulator_common::with_faults(emulator_e2b::router_with(emu.clone()), faults.clone());
-        let task = tokio::spawn(async move {
-            let _ = emulator_common::serve(listener, router).await;
-        });
+        let mut emu = None;
+        let inner = InProcessEmulator::start(|opts| {
+            let e = Emulator::new(opts);
+            emu = Some(e.clone());
+            emulator_e2b::router_with(e)
+        })
+        .await;
         E2bEmulator {
-            addr,
-            emu,
-            faults,
-            engine,
-            task,
-            _root: root,
+            inner,
+            emu: emu.expect("the router was built"),
         }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
     }
 
     /// `[plugins.e2b]` pointing at this emulator, with `key` as the API key.
     fn config(&self, key: &str) -> String {
-        let url = self.url();
+        let url = &self.url;
         format!(
             "[plugins.e2b]\nsettings.api-url = \"{url}\"\nsettings.sandbox-url = \"{url}\"\n\
              settings.home = \"/workspace\"\nsecrets.api-key = \"{key}\"\n"
         )
     }
 
-    fn fault(&self, rule: &str) {
-        self.faults.push(rule.parse::<FaultRule>().unwrap());
-    }
-
     async fn shutdown(self) {
-        self.task.abort();
-        self.engine.shutdown().await;
+        self.inner.shutdown().await;
     }
 }
 

@@ -11,63 +11,46 @@
 //! - faults: UNAVAILABLE and RESOURCE_EXHAUSTED retried, an output stream reset mid-output
 //!   resumed by offset with no byte lost or repeated, latency.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use emulator_common::{FaultRule, Faults, Options};
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
 use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::host_with;
 
-/// The emulator serving on a loopback port, with its engine and fault switches.
+/// The Modal emulator in-process (see [`InProcessEmulator`]), with its state for the gRPC
+/// fault switches.
 struct Emulator {
-    base_url: String,
+    inner: InProcessEmulator,
     state: std::sync::Arc<emulator_modal::state::Emu>,
-    engine: localbox::Engine,
-    faults: Faults,
-    task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Emulator {
+    type Target = InProcessEmulator;
+    fn deref(&self) -> &InProcessEmulator {
+        &self.inner
+    }
 }
 
 impl Emulator {
     async fn start() -> Emulator {
-        sandbox_tests::init_tracing();
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let engine =
-            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let faults = Faults::default();
-        let _ = Options {
-            engine: engine.clone(),
-            faults: faults.clone(),
-            base_url: base_url.clone(),
-        };
-        let state = std::sync::Arc::new(emulator_modal::state::Emu::new(engine.clone()));
-        let router = emulator_common::with_faults(
-            emulator_modal::router_with(state.clone()),
-            faults.clone(),
-        );
-        let task = tokio::spawn(async move {
-            let _ = emulator_common::serve(listener, router).await;
-        });
+        let mut state = None;
+        let inner = InProcessEmulator::start(|opts| {
+            let emu = std::sync::Arc::new(emulator_modal::state::Emu::new(opts.engine));
+            state = Some(emu.clone());
+            emulator_modal::router_with(emu)
+        })
+        .await;
         Emulator {
-            base_url,
-            state,
-            engine,
-            faults,
-            task,
-            _root: root,
+            inner,
+            state: state.expect("the router was built"),
         }
     }
 
     /// The host configuration pointing the plugin at this emulator over h2c, with `extra` lines.
     fn config_with(&self, h2c: bool, extra: &str) -> String {
-        let url = &self.base_url;
+        let url = &self.url;
         // `h2c = []` also overrides the bundled preset's loopback entries.
         let h2c = if h2c {
             format!("h2c = [\"{url}\"]\n")
@@ -85,18 +68,8 @@ impl Emulator {
         self.config_with(true, "settings.environment = \"dev\"\n")
     }
 
-    fn fault(&self, rule: &str) {
-        self.faults.push(rule.parse::<FaultRule>().unwrap());
-    }
-
-    /// Live localbox sandboxes behind the emulator.
-    fn live(&self) -> usize {
-        self.engine.list(&BTreeMap::new()).len()
-    }
-
     async fn shutdown(self) {
-        self.task.abort();
-        self.engine.shutdown().await;
+        self.inner.shutdown().await;
     }
 }
 
@@ -221,7 +194,7 @@ async fn preflight_refuses_before_any_network_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_token_is_unauthorized() {
     let emu = Emulator::start().await;
-    let url = &emu.base_url;
+    let url = &emu.url;
     let config = format!("[plugins.modal]\nallow = [\"{url}\"]\nh2c = [\"{url}\"]\nsettings.server-url = \"{url}\"\nsettings.environment = \"dev\"\n");
     let t = host_with(&["modal"], &config).await;
     let provider = t.host.provider("modal").unwrap();

@@ -7,53 +7,30 @@
 //! mid-command, slow and 408 long polls).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use emulator_common::{FaultRule, Faults, Options};
+use emulator_common::FaultRule;
 use sandbox_host::types::{Capabilities, ExecRequest, OutputStream, Spec};
 use sandbox_host::{Provider, ProviderError};
 use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::host_with;
 use sandbox_tests::localbox_support::random_hex;
 
-/// The emulator on `127.0.0.1:0`, with its engine over a temp directory.
-struct Emulator {
-    url: String,
-    faults: Faults,
-    engine: localbox::Engine,
-    task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
+/// The Runloop emulator in-process (see [`InProcessEmulator`]).
+struct Emulator(InProcessEmulator);
+
+impl std::ops::Deref for Emulator {
+    type Target = InProcessEmulator;
+    fn deref(&self) -> &InProcessEmulator {
+        &self.0
+    }
 }
 
 impl Emulator {
     async fn start() -> Emulator {
-        sandbox_tests::init_tracing();
-        let root = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let engine =
-            localbox::Engine::new(localbox::EngineConfig::new(root.path().join("sandboxes")))
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let faults = Faults::default();
-        let opts = Options {
-            engine: engine.clone(),
-            faults: faults.clone(),
-            base_url: url.clone(),
-        };
-        let router = emulator_common::with_faults(emulator_runloop::router(opts), faults.clone());
-        let task = tokio::spawn(async move {
-            let _ = emulator_common::serve(listener, router).await;
-        });
-        Emulator {
-            url,
-            faults,
-            engine,
-            task,
-            _root: root,
-        }
+        Emulator(InProcessEmulator::start(emulator_runloop::router).await)
     }
 
     /// The `[plugins.runloop]` section pointing at this emulator.
@@ -64,33 +41,17 @@ impl Emulator {
         )
     }
 
-    fn fault(&self, rule: &str) {
-        self.faults.push(rule.parse::<FaultRule>().unwrap());
-    }
-
     /// The runloop-specific 429 switch (`retry-after-ms`).
     async fn rate_limit(&self, count: u32, retry_after_ms: u64, path: &str) {
         let body =
             serde_json::json!({ "count": count, "retry_after_ms": retry_after_ms, "path": path });
-        let status = post(&format!("{}/_emulator/runloop/rate_limit", self.url), &body).await;
+        let status = self.admin("/_emulator/runloop/rate_limit", &body).await;
         assert_eq!(status, 204);
     }
 
     async fn stop(self) {
-        self.task.abort();
-        self.engine.shutdown().await;
+        self.0.shutdown().await;
     }
-}
-
-async fn post(url: &str, body: &serde_json::Value) -> u16 {
-    use http_body_util::Full;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
-    let req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .unwrap();
-    client.request(req).await.unwrap().status().as_u16()
 }
 
 async fn get(url: &str) -> String {
@@ -251,11 +212,12 @@ async fn a_dropped_output_stream_resumes_at_the_right_offset() {
     let provider = t.host.provider("runloop").unwrap();
     let sandbox = provider.create(Spec::default()).await.unwrap();
     // The first two stdout streams break after 3 frames each, while the command runs.
-    let status = post(
-        &format!("{}/_emulator/runloop/cut_streams", emu.url),
-        &serde_json::json!({ "count": 2, "after_frames": 3 }),
-    )
-    .await;
+    let status = emu
+        .admin(
+            "/_emulator/runloop/cut_streams",
+            &serde_json::json!({ "count": 2, "after_frames": 3 }),
+        )
+        .await;
     assert_eq!(status, 204);
     let chunks = Arc::new(Mutex::new(Vec::new()));
     let sink = chunks.clone();
