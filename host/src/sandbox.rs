@@ -6,7 +6,7 @@
 //! it forwards the idempotency key.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -58,7 +58,7 @@ impl Provider {
     }
 
     /// Runs a call that is not about one sandbox.
-    async fn invoke<R: Send>(
+    async fn invoke<R: Send + 'static>(
         &self,
         call: &'static str,
         idempotent: bool,
@@ -67,8 +67,10 @@ impl Provider {
                 &'a mut Store<CallState>,
             ) -> CallFuture<'a, Result<R, ProviderError>>
             + Send
-            + Sync,
+            + Sync
+            + 'static,
     ) -> Result<R, Error> {
+        let f = Arc::new(f);
         let policy = if idempotent {
             self.host.0.retry.clone()
         } else {
@@ -77,8 +79,9 @@ impl Provider {
         policy
             .run(call, || async {
                 let plugin = self.host.plugin(&self.name)?;
+                let f = f.clone();
                 let (result, _) = plugin
-                    .call(call, None, Duration::ZERO, |g, s| f(g, s))
+                    .call(call, None, Duration::ZERO, move |g, s| f(g, s))
                     .await?;
                 result.map_err(|error| Error::Provider {
                     plugin: self.name.clone(),
@@ -91,7 +94,7 @@ impl Provider {
 
     /// Checks credentials and settings without creating anything.
     pub async fn preflight(&self) -> Result<Vec<Check>, Error> {
-        self.invoke("preflight", true, |g, s| Box::pin(g.call_preflight(s)))
+        self.invoke("preflight", true, move |g, s| Box::pin(g.call_preflight(s)))
             .await
     }
 
@@ -111,7 +114,7 @@ impl Provider {
             "creating sandbox",
         );
         let created = self
-            .invoke("create", idempotent, |g, s| {
+            .invoke("create", idempotent, move |g, s| {
                 let (spec, key) = (spec.clone(), key.clone());
                 Box::pin(async move { g.call_create(s, &spec, &key).await })
             })
@@ -147,7 +150,7 @@ impl Provider {
             token: None,
         };
         let info = self
-            .invoke("get", true, |g, s| {
+            .invoke("get", true, move |g, s| {
                 let sref = sref.clone();
                 Box::pin(async move { g.call_get(s, &sref).await })
             })
@@ -182,7 +185,7 @@ impl Provider {
     /// Sandboxes on the provider carrying all `labels` (asks the provider, not the registry).
     pub async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<SandboxInfo>, Error> {
         let pairs: Vec<(String, String)> = labels.clone().into_iter().collect();
-        self.invoke("list", true, |g, s| {
+        self.invoke("list", true, move |g, s| {
             let pairs = pairs.clone();
             Box::pin(async move { g.call_list(s, &pairs).await })
         })
@@ -223,7 +226,7 @@ impl Sandbox {
     }
 
     /// Runs a sandbox-scoped call with the latest token; persists a refreshed one.
-    async fn invoke<R: Send>(
+    async fn invoke<R: Send + 'static>(
         &self,
         call: &'static str,
         idempotent: bool,
@@ -235,8 +238,10 @@ impl Sandbox {
                 SandboxRef,
             ) -> CallFuture<'a, Result<R, ProviderError>>
             + Send
-            + Sync,
+            + Sync
+            + 'static,
     ) -> Result<R, Error> {
+        let f = Arc::new(f);
         let policy = if idempotent {
             self.host.0.retry.clone()
         } else {
@@ -251,8 +256,9 @@ impl Sandbox {
                     token: self.record()?.token,
                 };
                 let sink = sink.lock().unwrap().take();
+                let f = f.clone();
                 let (result, refreshed) = plugin
-                    .call(call, sink, extra_time, |g, s| f(g, s, sref))
+                    .call(call, sink, extra_time, move |g, s| f(g, s, sref))
                     .await?;
                 if let Some(token) = refreshed {
                     self.host
@@ -285,7 +291,7 @@ impl Sandbox {
     /// The provider's current view of the sandbox; updates the registry's state.
     pub async fn info(&self) -> Result<SandboxInfo, Error> {
         let info = self
-            .invoke("get", true, None, Duration::ZERO, |g, s, r| {
+            .invoke("get", true, None, Duration::ZERO, move |g, s, r| {
                 Box::pin(async move { g.call_get(s, &r).await })
             })
             .await?;
@@ -308,7 +314,7 @@ impl Sandbox {
         let extra = request
             .timeout_ms
             .map_or(Duration::ZERO, |ms| Duration::from_millis(ms) + EXEC_GRACE);
-        self.invoke("exec", false, on_output, extra, |g, s, r| {
+        self.invoke("exec", false, on_output, extra, move |g, s, r| {
             let request = request.clone();
             Box::pin(async move { g.call_exec(s, &r, &request).await })
         })
@@ -317,7 +323,7 @@ impl Sandbox {
 
     /// Starts a command in the background.
     pub async fn start_process(&self, request: ExecRequest) -> Result<ProcessInfo, Error> {
-        self.invoke("start-process", false, None, Duration::ZERO, |g, s, r| {
+        self.invoke("start-process", false, None, Duration::ZERO, move |g, s, r| {
             let request = request.clone();
             Box::pin(async move { g.call_start_process(s, &r, &request).await })
         })
@@ -325,7 +331,7 @@ impl Sandbox {
     }
 
     pub async fn processes(&self) -> Result<Vec<ProcessInfo>, Error> {
-        self.invoke("list-processes", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("list-processes", true, None, Duration::ZERO, move |g, s, r| {
             Box::pin(async move { g.call_list_processes(s, &r).await })
         })
         .await
@@ -333,7 +339,7 @@ impl Sandbox {
 
     pub async fn process_status(&self, pid: &str) -> Result<ProcessInfo, Error> {
         let pid = pid.to_string();
-        self.invoke("process-status", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("process-status", true, None, Duration::ZERO, move |g, s, r| {
             let pid = pid.clone();
             Box::pin(async move { g.call_process_status(s, &r, &pid).await })
         })
@@ -348,7 +354,7 @@ impl Sandbox {
         stderr_offset: u64,
     ) -> Result<OutputChunk, Error> {
         let pid = pid.to_string();
-        self.invoke("process-output", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("process-output", true, None, Duration::ZERO, move |g, s, r| {
             let pid = pid.clone();
             Box::pin(async move {
                 g.call_process_output(s, &r, &pid, stdout_offset, stderr_offset)
@@ -360,7 +366,7 @@ impl Sandbox {
 
     pub async fn signal_process(&self, pid: &str, signal: i32) -> Result<(), Error> {
         let pid = pid.to_string();
-        self.invoke("signal-process", false, None, Duration::ZERO, |g, s, r| {
+        self.invoke("signal-process", false, None, Duration::ZERO, move |g, s, r| {
             let pid = pid.clone();
             Box::pin(async move { g.call_signal_process(s, &r, &pid, signal).await })
         })
@@ -374,7 +380,7 @@ impl Sandbox {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         let path = path.to_string();
         let data = self
-            .invoke("read-file", true, None, Duration::ZERO, |g, s, r| {
+            .invoke("read-file", true, None, Duration::ZERO, move |g, s, r| {
                 let path = path.clone();
                 Box::pin(async move { g.call_read_file(s, &r, &path).await })
             })
@@ -405,7 +411,7 @@ impl Sandbox {
         }
         let path = path.to_string();
         let data = std::sync::Arc::new(data);
-        self.invoke("write-file", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("write-file", true, None, Duration::ZERO, move |g, s, r| {
             let (path, data) = (path.clone(), data.clone());
             Box::pin(async move { g.call_write_file(s, &r, &path, &data, mode).await })
         })
@@ -414,7 +420,7 @@ impl Sandbox {
 
     pub async fn list_dir(&self, path: &str) -> Result<Vec<FileStat>, Error> {
         let path = path.to_string();
-        self.invoke("list-dir", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("list-dir", true, None, Duration::ZERO, move |g, s, r| {
             let path = path.clone();
             Box::pin(async move { g.call_list_dir(s, &r, &path).await })
         })
@@ -423,7 +429,7 @@ impl Sandbox {
 
     pub async fn stat(&self, path: &str) -> Result<FileStat, Error> {
         let path = path.to_string();
-        self.invoke("stat", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("stat", true, None, Duration::ZERO, move |g, s, r| {
             let path = path.clone();
             Box::pin(async move { g.call_stat(s, &r, &path).await })
         })
@@ -432,7 +438,7 @@ impl Sandbox {
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), Error> {
         let path = path.to_string();
-        self.invoke("remove", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("remove", true, None, Duration::ZERO, move |g, s, r| {
             let path = path.clone();
             Box::pin(async move { g.call_remove(s, &r, &path, recursive).await })
         })
@@ -441,7 +447,7 @@ impl Sandbox {
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
         let path = path.to_string();
-        self.invoke("mkdir", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("mkdir", true, None, Duration::ZERO, move |g, s, r| {
             let path = path.clone();
             Box::pin(async move { g.call_mkdir(s, &r, &path, parents).await })
         })
@@ -450,14 +456,14 @@ impl Sandbox {
 
     /// A URL (and headers) that reaches `port` inside the sandbox.
     pub async fn port_url(&self, port: u16) -> Result<Endpoint, Error> {
-        self.invoke("port-url", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("port-url", true, None, Duration::ZERO, move |g, s, r| {
             Box::pin(async move { g.call_port_url(s, &r, port).await })
         })
         .await
     }
 
     pub async fn pause(&self) -> Result<(), Error> {
-        self.invoke("pause", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("pause", true, None, Duration::ZERO, move |g, s, r| {
             Box::pin(async move { g.call_pause(s, &r).await })
         })
         .await?;
@@ -469,7 +475,7 @@ impl Sandbox {
 
     pub async fn resume(&self) -> Result<SandboxInfo, Error> {
         let info = self
-            .invoke("resume", true, None, Duration::ZERO, |g, s, r| {
+            .invoke("resume", true, None, Duration::ZERO, move |g, s, r| {
                 Box::pin(async move { g.call_resume(s, &r).await })
             })
             .await?;
@@ -488,7 +494,7 @@ impl Sandbox {
 
     /// Seconds from now until the provider may stop the sandbox.
     pub async fn set_timeout(&self, seconds: u64) -> Result<(), Error> {
-        self.invoke("set-timeout", true, None, Duration::ZERO, |g, s, r| {
+        self.invoke("set-timeout", true, None, Duration::ZERO, move |g, s, r| {
             Box::pin(async move { g.call_set_timeout(s, &r, seconds).await })
         })
         .await
@@ -497,7 +503,7 @@ impl Sandbox {
     /// Destroys the sandbox and forgets it. A sandbox the provider no longer knows is forgotten too.
     pub async fn destroy(&self) -> Result<(), Error> {
         match self
-            .invoke("destroy", true, None, Duration::ZERO, |g, s, r| {
+            .invoke("destroy", true, None, Duration::ZERO, move |g, s, r| {
                 Box::pin(async move { g.call_destroy(s, &r).await })
             })
             .await

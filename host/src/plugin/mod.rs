@@ -2,6 +2,7 @@
 //! its limits (memory, CPU budget, wall-clock timeout, concurrency) enforced around the call.
 
 pub mod cache;
+pub mod executor;
 pub mod runtime;
 pub mod state;
 
@@ -49,6 +50,8 @@ pub struct LoadedPlugin {
     name: Arc<str>,
     pre: ProviderPluginPre<CallState>,
     runtime: Arc<Runtime>,
+    /// Which of the runtime's call threads runs this plugin's calls.
+    thread: usize,
     egress: Arc<Egress>,
     permits: Arc<Semaphore>,
 }
@@ -237,6 +240,7 @@ impl Loader {
             allow,
             name,
             pre,
+            thread: runtime.calls.assign(),
             runtime,
             egress,
         })
@@ -309,31 +313,48 @@ impl LoadedPlugin {
     /// Runs one call in a fresh instance. `extra_time` extends the wall-clock limit (an `exec`
     /// with a long command timeout); `sink` receives `emit`ted output. Returns the call's result
     /// and the token the plugin refreshed, if any.
-    pub async fn call<R: Send>(
+    pub async fn call<R: Send + 'static>(
         &self,
         call: &'static str,
         sink: Option<OutputSink>,
         extra_time: Duration,
-        f: impl for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
+        f: impl for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R>
+            + Send
+            + 'static,
     ) -> Result<(R, Option<String>), Error> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Error::Internal("plugin unloaded".into()))?;
-        run_call(
-            &self.runtime,
-            &self.pre,
-            call,
+        let (runtime, pre, egress, settings, limits) = (
+            self.runtime.clone(),
+            self.pre.clone(),
             self.egress.clone(),
             self.settings.clone(),
-            &self.limits,
-            sink,
-            extra_time,
-            f,
-        )
-        .await
-        .map_err(|fault| Error::Plugin {
+            self.limits.clone(),
+        );
+        let run = async move {
+            let _permit = permit;
+            run_call(
+                &runtime, &pre, call, egress, settings, &limits, sink, extra_time, f,
+            )
+            .await
+        };
+        // A caller on a current-thread runtime already keeps a call's tasks on one thread:
+        // handing the call over would only add two thread switches.
+        let on_one_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+        });
+        let outcome = if on_one_thread {
+            run.await
+        } else {
+            self.runtime.calls.run(self.thread, run).await.unwrap_or_else(|| {
+                Err(PluginFault::Trap("the call was cancelled or panicked".into()))
+            })
+        };
+        outcome.map_err(|fault| Error::Plugin {
             plugin: self.name.to_string(),
             call,
             fault,

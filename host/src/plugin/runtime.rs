@@ -9,6 +9,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
+use super::executor::CallExecutor;
 use super::state::CallState;
 
 /// One epoch tick. The CPU budget of a call is counted in ticks spent executing wasm.
@@ -19,11 +20,14 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub struct EngineOptions {
     /// Use the pooling instance allocator (faster instantiation, memory reserved up front).
     pub pooling: bool,
+    /// Threads plugin calls run on (see [`CallExecutor`]); 0: the cores, at most 4.
+    pub call_threads: usize,
 }
 
 pub struct Runtime {
     pub engine: Engine,
     pub linker: Linker<CallState>,
+    pub calls: CallExecutor,
     stop: Arc<AtomicBool>,
 }
 
@@ -53,9 +57,14 @@ impl Runtime {
         let linker = build_linker(&engine)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop.clone());
+        let threads = match opts.call_threads {
+            0 => super::executor::default_threads(),
+            n => n,
+        };
         Ok(Runtime {
             engine,
             linker,
+            calls: CallExecutor::new(threads)?,
             stop,
         })
     }
