@@ -6,7 +6,7 @@ use kit::http::Method;
 use kit::{FileKind, FileStat, Result, SandboxRef};
 use serde_json::json;
 
-use crate::api::{devboxes, new_request_id, request, send};
+use crate::api::{devboxes, request, send};
 use crate::exec::{absolute, helper};
 use crate::Token;
 
@@ -27,22 +27,13 @@ fn path_of(sandbox: &SandboxRef, path: &str) -> Result<String> {
 
 /// `upload_file` of `data` to the absolute `path`.
 pub fn upload(sandbox: &SandboxRef, path: &str, data: Vec<u8>) -> Result<()> {
-    let boundary = format!("----sandbox-host-{}", &new_request_id()[13..]);
-    let mut body = Vec::with_capacity(data.len() + 512);
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n{path}\r\n")
-            .as_bytes(),
-    );
-    let name = path.rsplit('/').next().unwrap_or("file").replace('"', "");
-    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
-    body.extend_from_slice(&data);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let name = path.rsplit('/').next().unwrap_or("file");
+    let form = kit::multipart::Form::random()
+        .text("path", path)
+        .file("file", name, &data);
     let req = request(Method::Post, devboxes(&[&sandbox.id, "upload_file"])?)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body);
+        .header("content-type", form.content_type())
+        .body(form.finish());
     send(req, None, &[]).map(drop)
 }
 
