@@ -406,23 +406,62 @@ async fn main() {
 /// out-of-process server (the e2b emulator), to see what a provider call costs the host.
 async fn call_cpu() {
     println!("\n## CPU per sequential call (host process only)");
-    let Some(bin) = ["target/release/sandbox-emulator"].iter().map(|p| sandbox_tests::workspace().join(p)).find(|p| p.exists()) else { return };
-    let mut child = std::process::Command::new(bin).args(["e2b", "--listen", "127.0.0.1:0", "--isolation", "none"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let Some(bin) = ["target/release/sandbox-emulator"]
+        .iter()
+        .map(|p| sandbox_tests::workspace().join(p))
+        .find(|p| p.exists())
+    else {
+        return;
+    };
+    let mut child = std::process::Command::new(bin)
+        .args(["e2b", "--listen", "127.0.0.1:0", "--isolation", "none"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let url = line.trim().to_string();
     let home = tempfile::tempdir().unwrap();
     let config = format!("[plugins.hostile]\nallow = [\"{url}\"]\n");
     for pooling in [false, true] {
         let h = host(&["hostile"], &config, pooling, home.path()).await;
-        let sandbox = h.provider("hostile").unwrap().create(Spec::default()).await.unwrap();
-        for (name, argv) in [("exec ok (no I/O)", vec!["ok".to_string()]), ("exec egress (1 GET)", vec!["egress".into(), format!("{url}/health")])] {
+        let sandbox = h
+            .provider("hostile")
+            .unwrap()
+            .create(Spec::default())
+            .await
+            .unwrap();
+        for (name, argv) in [
+            ("exec ok (no I/O)", vec!["ok".to_string()]),
+            (
+                "exec egress (1 GET)",
+                vec!["egress".into(), format!("{url}/health")],
+            ),
+        ] {
             let n = 500;
-            for _ in 0..50 { sandbox.exec(ExecRequest::argv(argv.clone()), None).await.unwrap(); }
+            for _ in 0..50 {
+                sandbox
+                    .exec(ExecRequest::argv(argv.clone()), None)
+                    .await
+                    .unwrap();
+            }
             let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
-            for _ in 0..n { sandbox.exec(ExecRequest::argv(argv.clone()), None).await.unwrap(); }
+            for _ in 0..n {
+                sandbox
+                    .exec(ExecRequest::argv(argv.clone()), None)
+                    .await
+                    .unwrap();
+            }
             let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
-            println!("pooling={pooling:<5} {name:<22} wall {:7.1} µs  CPU {:7.1} µs", us(w), us(cpu));
+            println!(
+                "pooling={pooling:<5} {name:<22} wall {:7.1} µs  CPU {:7.1} µs",
+                us(w),
+                us(cpu)
+            );
         }
     }
     let _ = child.kill();

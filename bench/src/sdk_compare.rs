@@ -73,10 +73,13 @@ fn emulator_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SANDBOX_EMULATOR_BIN") {
         return Some(p.into());
     }
-    ["target/release/sandbox-emulator", "target/debug/sandbox-emulator"]
-        .iter()
-        .map(|p| workspace().join(p))
-        .find(|p| p.exists())
+    [
+        "target/release/sandbox-emulator",
+        "target/debug/sandbox-emulator",
+    ]
+    .iter()
+    .map(|p| workspace().join(p))
+    .find(|p| p.exists())
 }
 
 /// The Python with the pinned SDKs: `SDK_PYTHON`, else the repo's venv.
@@ -224,7 +227,8 @@ impl Steps {
     fn mark(&mut self, step: &'static str) {
         if self.on {
             let now = (Instant::now(), process_cpu());
-            self.took.push((step, now.0 - self.last.0, now.1 - self.last.1));
+            self.took
+                .push((step, now.0 - self.last.0, now.1 - self.last.1));
             self.last = now;
         }
     }
@@ -379,7 +383,10 @@ async fn compare(c: &Comparison, bin: &Path, py: &Path) -> anyhow::Result<()> {
     ];
     if std::env::var_os("BENCH_ONLY_OURS").is_none() {
         let emu = EmulatorProcess::start(bin, c.provider)?;
-        rows.push(("official SDK", theirs(c, py, &emu.url, emu.child.id()).await?));
+        rows.push((
+            "official SDK",
+            theirs(c, py, &emu.url, emu.child.id()).await?,
+        ));
     }
     println!(
         "   {:<30} {:>10} {:>12} {:>14}",

@@ -17,9 +17,9 @@ pub mod plugins;
 pub mod policy;
 pub mod registry;
 pub mod registry_pg;
-pub mod serve;
 pub mod retry;
 mod sandbox;
+pub mod serve;
 mod types_ext;
 
 pub use error::{describe as describe_provider_error, Error, PluginFault, ProviderError};

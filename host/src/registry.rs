@@ -208,9 +208,13 @@ impl SessionStore for SqliteStore {
         // Every sandbox call reads its record: keep the statement prepared.
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"))
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"
+            ))
             .map_err(db_err)?;
-        stmt.query_row(params![provider, sandbox_id], row_to_record).optional().map_err(db_err)
+        stmt.query_row(params![provider, sandbox_id], row_to_record)
+            .optional()
+            .map_err(db_err)
     }
 
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error> {

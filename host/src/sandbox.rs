@@ -323,26 +323,42 @@ impl Sandbox {
 
     /// Starts a command in the background.
     pub async fn start_process(&self, request: ExecRequest) -> Result<ProcessInfo, Error> {
-        self.invoke("start-process", false, None, Duration::ZERO, move |g, s, r| {
-            let request = request.clone();
-            Box::pin(async move { g.call_start_process(s, &r, &request).await })
-        })
+        self.invoke(
+            "start-process",
+            false,
+            None,
+            Duration::ZERO,
+            move |g, s, r| {
+                let request = request.clone();
+                Box::pin(async move { g.call_start_process(s, &r, &request).await })
+            },
+        )
         .await
     }
 
     pub async fn processes(&self) -> Result<Vec<ProcessInfo>, Error> {
-        self.invoke("list-processes", true, None, Duration::ZERO, move |g, s, r| {
-            Box::pin(async move { g.call_list_processes(s, &r).await })
-        })
+        self.invoke(
+            "list-processes",
+            true,
+            None,
+            Duration::ZERO,
+            move |g, s, r| Box::pin(async move { g.call_list_processes(s, &r).await }),
+        )
         .await
     }
 
     pub async fn process_status(&self, pid: &str) -> Result<ProcessInfo, Error> {
         let pid = pid.to_string();
-        self.invoke("process-status", true, None, Duration::ZERO, move |g, s, r| {
-            let pid = pid.clone();
-            Box::pin(async move { g.call_process_status(s, &r, &pid).await })
-        })
+        self.invoke(
+            "process-status",
+            true,
+            None,
+            Duration::ZERO,
+            move |g, s, r| {
+                let pid = pid.clone();
+                Box::pin(async move { g.call_process_status(s, &r, &pid).await })
+            },
+        )
         .await
     }
 
@@ -354,22 +370,34 @@ impl Sandbox {
         stderr_offset: u64,
     ) -> Result<OutputChunk, Error> {
         let pid = pid.to_string();
-        self.invoke("process-output", true, None, Duration::ZERO, move |g, s, r| {
-            let pid = pid.clone();
-            Box::pin(async move {
-                g.call_process_output(s, &r, &pid, stdout_offset, stderr_offset)
-                    .await
-            })
-        })
+        self.invoke(
+            "process-output",
+            true,
+            None,
+            Duration::ZERO,
+            move |g, s, r| {
+                let pid = pid.clone();
+                Box::pin(async move {
+                    g.call_process_output(s, &r, &pid, stdout_offset, stderr_offset)
+                        .await
+                })
+            },
+        )
         .await
     }
 
     pub async fn signal_process(&self, pid: &str, signal: i32) -> Result<(), Error> {
         let pid = pid.to_string();
-        self.invoke("signal-process", false, None, Duration::ZERO, move |g, s, r| {
-            let pid = pid.clone();
-            Box::pin(async move { g.call_signal_process(s, &r, &pid, signal).await })
-        })
+        self.invoke(
+            "signal-process",
+            false,
+            None,
+            Duration::ZERO,
+            move |g, s, r| {
+                let pid = pid.clone();
+                Box::pin(async move { g.call_signal_process(s, &r, &pid, signal).await })
+            },
+        )
         .await
     }
 

@@ -594,7 +594,9 @@ fn ensure_pg_bin() -> Option<PathBuf> {
                 .is_ok_and(|s| s.success())
         };
         if !install() {
-            let _ = Command::new("timeout").args(["300", "apt-get", "update", "-qq"]).status();
+            let _ = Command::new("timeout")
+                .args(["300", "apt-get", "update", "-qq"])
+                .status();
             install();
         }
         pg_bin_dir()

@@ -42,7 +42,10 @@ impl Emulator {
     /// Lifecycle transitions take `ms` (0: immediate).
     async fn transitions(&self, ms: u64) {
         let status = self
-            .admin("/_emulator/daytona/transitions", &serde_json::json!({ "ms": ms }))
+            .admin(
+                "/_emulator/daytona/transitions",
+                &serde_json::json!({ "ms": ms }),
+            )
             .await;
         assert_eq!(status, 204);
     }

@@ -208,6 +208,62 @@ async fn missing_token_is_unauthorized() {
     emu.shutdown().await;
 }
 
+/// A router on another host than the control plane (as Modal's workers are) is reached through
+/// its own allowlist entry, and never sees the account token: the credential binding keeps
+/// `x-modal-token-*` for the control plane. The same run with the router on the control plane's
+/// own origin shows the emulator does see the token when it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_token_never_reaches_a_router_on_another_host() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let emu = Emulator::start().await;
+    let port = emu.url.rsplit(':').next().unwrap().to_string();
+    let router = format!("http://localhost:{port}");
+    // The router gets an allowlist entry (and h2c) of its own; the secrets stay bound to the
+    // control plane's origin only.
+    let both = format!("[\"{}\", \"{router}\"]", emu.url);
+    let split = emu
+        .config()
+        .replace(
+            &format!("allow = [\"{}\"]", emu.url),
+            &format!("allow = {both}"),
+        )
+        .replace(
+            &format!("h2c = [\"{}\"]", emu.url),
+            &format!("h2c = {both}"),
+        );
+    assert!(split.contains(&router), "{split}");
+    let run = |config: String| async move {
+        let t = host_with(&["modal"], &config).await;
+        let sandbox = t
+            .host
+            .provider("modal")
+            .unwrap()
+            .create(Spec::default())
+            .await
+            .unwrap();
+        let r = sandbox
+            .exec(ExecRequest::shell("printf routed"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.stdout_tail, b"routed");
+        sandbox.destroy().await.unwrap();
+    };
+
+    // Same origin: the binding covers the router too, and the emulator notices the token.
+    run(emu.config()).await;
+    assert!(emu.state.router_calls_with_account_token.load(SeqCst) > 0);
+
+    emu.state.router_calls_with_account_token.store(0, SeqCst);
+    *emu.state.router_authority.lock().unwrap() = Some(format!("localhost:{port}"));
+    run(split).await;
+    assert_eq!(
+        emu.state.router_calls_with_account_token.load(SeqCst),
+        0,
+        "the account token reached the router"
+    );
+    emu.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_is_never_used_for_grpc() {
     let emu = Emulator::start().await;

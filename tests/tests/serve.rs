@@ -485,7 +485,14 @@ fn bad_requests_get_clear_json_4xx() {
     let id = c.create("local", json!({}));
     let base = format!("/v1/sandboxes/{id}");
     // (method, path, body, headers, expected status, expected error code)
-    type Case<'a> = (&'a str, String, Option<Vec<u8>>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<Vec<u8>>,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             "POST",

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use emulator_common::CommonArgs;
 
 #[derive(Parser)]
-#[command(name = "sandbox-emulator", version, about = "Local emulators of sandbox providers' APIs")]
+#[command(
+    name = "sandbox-emulator",
+    version,
+    about = "Local emulators of sandbox providers' APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     provider: Provider,
@@ -29,16 +33,19 @@ enum Provider {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (args, make): (CommonArgs, fn(emulator_common::Options) -> axum::Router) = match cli.provider {
-        Provider::E2b(a) => (a, emulator_e2b::router),
-        Provider::Daytona(a) => (a, emulator_daytona::router),
-        Provider::Runloop(a) => (a, emulator_runloop::router),
-        Provider::Modal(a) => (a, emulator_modal::router),
-    };
+    let (args, make): (CommonArgs, fn(emulator_common::Options) -> axum::Router) =
+        match cli.provider {
+            Provider::E2b(a) => (a, emulator_e2b::router),
+            Provider::Daytona(a) => (a, emulator_daytona::router),
+            Provider::Runloop(a) => (a, emulator_runloop::router),
+            Provider::Modal(a) => (a, emulator_modal::router),
+        };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     let (opts, _root) = emulator_common::options(&args, base_url.clone())?;

@@ -71,10 +71,21 @@ pub struct FaultRule {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FaultKind {
-    Latency { ms: u64 },
-    Status { status: u16, #[serde(default)] retry_after: Option<u64> },
-    Drop { #[serde(default)] after_bytes: usize },
-    Slow { bytes_per_sec: u64 },
+    Latency {
+        ms: u64,
+    },
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
+    Drop {
+        #[serde(default)]
+        after_bytes: usize,
+    },
+    Slow {
+        bytes_per_sec: u64,
+    },
 }
 
 impl std::str::FromStr for FaultRule {
@@ -84,21 +95,41 @@ impl std::str::FromStr for FaultRule {
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default();
         let (kind, arg) = head.split_once(':').unwrap_or((head, ""));
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("fault {s:?}: {v:?} is not a number"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("fault {s:?}: {v:?} is not a number"))
+        };
         let mut rule = FaultRule {
             kind: match kind {
                 "latency" => FaultKind::Latency { ms: num(arg)? },
-                "status" => FaultKind::Status { status: num(arg)? as u16, retry_after: None },
-                "drop" => FaultKind::Drop { after_bytes: if arg.is_empty() { 0 } else { num(arg)? as usize } },
-                "slow" => FaultKind::Slow { bytes_per_sec: num(arg)? },
-                other => return Err(format!("fault {s:?}: unknown kind {other:?} (latency, status, drop, slow)")),
+                "status" => FaultKind::Status {
+                    status: num(arg)? as u16,
+                    retry_after: None,
+                },
+                "drop" => FaultKind::Drop {
+                    after_bytes: if arg.is_empty() {
+                        0
+                    } else {
+                        num(arg)? as usize
+                    },
+                },
+                "slow" => FaultKind::Slow {
+                    bytes_per_sec: num(arg)?,
+                },
+                other => {
+                    return Err(format!(
+                        "fault {s:?}: unknown kind {other:?} (latency, status, drop, slow)"
+                    ))
+                }
             },
             path: None,
             method: None,
             count: None,
         };
         for kv in parts {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("fault {s:?}: expected key=value, got {kv:?}"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("fault {s:?}: expected key=value, got {kv:?}"))?;
             match k {
                 "path" => rule.path = Some(v.to_string()),
                 "method" => rule.method = Some(v.to_ascii_uppercase()),
@@ -135,7 +166,10 @@ impl Faults {
     fn take(&self, method: &str, path: &str) -> Option<FaultKind> {
         let mut rules = self.0.lock().unwrap();
         let i = rules.iter().position(|r| {
-            r.path.as_deref().is_none_or(|p| path.starts_with(p)) && r.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            r.path.as_deref().is_none_or(|p| path.starts_with(p))
+                && r.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
         })?;
         let kind = rules[i].kind.clone();
         if let Some(c) = rules[i].count.as_mut() {
@@ -165,28 +199,44 @@ pub async fn inject(State(faults): State<Faults>, req: Request, next: Next) -> R
             tokio::time::sleep(Duration::from_millis(ms)).await;
             next.run(req).await
         }
-        FaultKind::Status { status, retry_after } => {
+        FaultKind::Status {
+            status,
+            retry_after,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut resp = (status, Json(serde_json::json!({"message": "injected fault", "code": status.as_u16()}))).into_response();
+            let mut resp = (
+                status,
+                Json(serde_json::json!({"message": "injected fault", "code": status.as_u16()})),
+            )
+                .into_response();
             if let Some(s) = retry_after {
-                resp.headers_mut().insert("retry-after", HeaderValue::from(s));
+                resp.headers_mut()
+                    .insert("retry-after", HeaderValue::from(s));
             }
             resp
         }
         FaultKind::Drop { after_bytes } => {
             let resp = next.run(req).await;
             let (parts, body) = resp.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
             let head = bytes.slice(..after_bytes.min(bytes.len()));
-            let stream = futures_util::stream::iter(vec![Ok(head), Err(std::io::Error::other("injected connection drop"))]);
+            let stream = futures_util::stream::iter(vec![
+                Ok(head),
+                Err(std::io::Error::other("injected connection drop")),
+            ]);
             let mut resp = Response::from_parts(parts, Body::from_stream(stream));
-            resp.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+            resp.headers_mut()
+                .remove(axum::http::header::CONTENT_LENGTH);
             resp
         }
         FaultKind::Slow { bytes_per_sec } => {
             let resp = next.run(req).await;
             let (parts, body) = resp.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
             let chunk = (bytes_per_sec as usize / 10).max(1);
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
             tokio::spawn(async move {
@@ -207,26 +257,32 @@ struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>
 
 impl futures_util::Stream for ReceiverStream {
     type Item = Result<Bytes, std::io::Error>;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
 }
 
 /// The admin routes: `GET|POST|DELETE /_emulator/faults`.
 pub fn admin_router(faults: Faults) -> Router {
-    Router::new().route(
-        "/_emulator/faults",
-        get(|State(f): State<Faults>| async move { Json(f.list()) })
-            .post(|State(f): State<Faults>, Json(rules): Json<Vec<FaultRule>>| async move {
-                f.set(rules);
-                StatusCode::NO_CONTENT
-            })
-            .delete(|State(f): State<Faults>| async move {
-                f.set(vec![]);
-                StatusCode::NO_CONTENT
-            }),
-    )
-    .with_state(faults)
+    Router::new()
+        .route(
+            "/_emulator/faults",
+            get(|State(f): State<Faults>| async move { Json(f.list()) })
+                .post(
+                    |State(f): State<Faults>, Json(rules): Json<Vec<FaultRule>>| async move {
+                        f.set(rules);
+                        StatusCode::NO_CONTENT
+                    },
+                )
+                .delete(|State(f): State<Faults>| async move {
+                    f.set(vec![]);
+                    StatusCode::NO_CONTENT
+                }),
+        )
+        .with_state(faults)
 }
 
 /// Wraps an emulator's router with the admin routes and fault injection.
@@ -265,7 +321,14 @@ pub fn options(args: &CommonArgs, base_url: String) -> anyhow::Result<(Options, 
     for f in &args.faults {
         faults.push(f.parse().map_err(anyhow::Error::msg)?);
     }
-    Ok((Options { engine: localbox::Engine::new(config)?, faults, base_url }, temp))
+    Ok((
+        Options {
+            engine: localbox::Engine::new(config)?,
+            faults,
+            base_url,
+        },
+        temp,
+    ))
 }
 
 /// A temp directory whose ancestors sandbox uids can traverse (mode 0755), removed on drop.
@@ -276,7 +339,11 @@ pub struct TempRoot {
 impl TempRoot {
     pub fn new() -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        let path = std::env::temp_dir().join(format!("sandbox-emulator-{}-{}", std::process::id(), rand::random::<u32>()));
+        let path = std::env::temp_dir().join(format!(
+            "sandbox-emulator-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         Ok(TempRoot { path })
@@ -295,9 +362,20 @@ mod tests {
 
     #[test]
     fn shorthand_parses() {
-        let r: FaultRule = "status:429,retry_after=2,count=3,path=/v2/sandboxes,method=post".parse().unwrap();
-        assert_eq!(r.kind, FaultKind::Status { status: 429, retry_after: Some(2) });
-        assert_eq!((r.count, r.path.as_deref(), r.method.as_deref()), (Some(3), Some("/v2/sandboxes"), Some("POST")));
+        let r: FaultRule = "status:429,retry_after=2,count=3,path=/v2/sandboxes,method=post"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            r.kind,
+            FaultKind::Status {
+                status: 429,
+                retry_after: Some(2)
+            }
+        );
+        assert_eq!(
+            (r.count, r.path.as_deref(), r.method.as_deref()),
+            (Some(3), Some("/v2/sandboxes"), Some("POST"))
+        );
         assert!("latency:x".parse::<FaultRule>().is_err());
         assert!("teleport".parse::<FaultRule>().is_err());
     }

@@ -178,7 +178,7 @@ pub async fn handle(
                 };
                 Ok(pb::SandboxGetCommandRouterAccessResponse {
                     jwt: emu.router_jwt(&sb.task_id, JWT_TTL_SECS),
-                    url: router_url(authority),
+                    url: router_url(emu, authority),
                     ..Default::default()
                 })
             })
@@ -244,9 +244,13 @@ pub async fn handle(
 }
 
 /// The router is served on this same port, under the name the client used to reach us (so a
-/// `localhost` client gets a `localhost` router URL, which is what lets the SDK use `http`).
-fn router_url(authority: &str) -> String {
-    format!("http://{authority}")
+/// `localhost` client gets a `localhost` router URL, which is what lets the SDK use `http`),
+/// unless a test set another authority.
+fn router_url(emu: &Emu, authority: &str) -> String {
+    match emu.router_authority.lock().unwrap().as_deref() {
+        Some(other) => format!("http://{other}"),
+        None => format!("http://{authority}"),
+    }
 }
 
 fn find(emu: &Emu, id: &str) -> GrpcResult<SandboxRec> {
@@ -460,7 +464,7 @@ async fn sandbox_create(
         }),
         command_router_access: Some(pb::CommandRouterAccess {
             jwt: emu.router_jwt(&rec.task_id, JWT_TTL_SECS),
-            url: router_url(authority),
+            url: router_url(emu, authority),
         }),
         sandbox_token: String::new(),
     };

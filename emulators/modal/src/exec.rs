@@ -95,6 +95,10 @@ pub fn forget_task(emu: &Emu, task_id: &str) {
 
 /// Router calls carry `authorization: Bearer <jwt>` for the task (never the account token).
 fn check_jwt(emu: &Emu, headers: &HeaderMap) -> GrpcResult<String> {
+    if headers.contains_key("x-modal-token-id") || headers.contains_key("x-modal-token-secret") {
+        emu.router_calls_with_account_token
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -60,6 +60,12 @@ pub struct Emu {
     pub tls: Option<crate::tunnels::Tls>,
     /// The proxy tasks of each sandbox, stopped when it ends.
     pub proxies: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    /// The authority handed out in router URLs instead of the one the client used (a router
+    /// on "another host", as Modal's workers are): tests set it.
+    pub router_authority: Mutex<Option<String>>,
+    /// Router calls that arrived carrying the account token (`x-modal-token-*`), which only
+    /// the control plane should ever see.
+    pub router_calls_with_account_token: std::sync::atomic::AtomicU64,
     last_created: Mutex<f64>,
 }
 
@@ -85,6 +91,8 @@ impl Emu {
                 }
             },
             proxies: Default::default(),
+            router_authority: Default::default(),
+            router_calls_with_account_token: Default::default(),
             last_created: Mutex::new(0.0),
         }
     }

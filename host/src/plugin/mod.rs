@@ -134,7 +134,11 @@ impl Loader {
             on_denied: None,
         });
         // describe() must not do I/O: tight limits keep a hostile one from stalling a load.
-        let limits = Limits { cpu_budget: Duration::from_secs(1), call_timeout: Duration::from_secs(5), ..Limits::default() };
+        let limits = Limits {
+            cpu_budget: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
         let info = run_call(
             &runtime,
             &pre,
@@ -344,15 +348,20 @@ impl LoadedPlugin {
         };
         // A caller on a current-thread runtime already keeps a call's tasks on one thread:
         // handing the call over would only add two thread switches.
-        let on_one_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-        });
+        let on_one_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         let outcome = if on_one_thread {
             run.await
         } else {
-            self.runtime.calls.run(self.thread, run).await.unwrap_or_else(|| {
-                Err(PluginFault::Trap("the call was cancelled or panicked".into()))
-            })
+            self.runtime
+                .calls
+                .run(self.thread, run)
+                .await
+                .unwrap_or_else(|| {
+                    Err(PluginFault::Trap(
+                        "the call was cancelled or panicked".into(),
+                    ))
+                })
         };
         outcome.map_err(|fault| Error::Plugin {
             plugin: self.name.to_string(),

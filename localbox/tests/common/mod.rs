@@ -47,7 +47,10 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
             continue;
         };
         // Zombies hold nothing; they wait for the machine's init to reap them.
-        if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("zombie"))
+        {
             continue;
         }
         if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
