@@ -6,7 +6,7 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 # Provider plugins shipped in target/plugins/, and test fixtures in target/test-plugins/.
 PROVIDER_PLUGINS := local example daytona runloop modal e2b
-FIXTURE_PLUGINS := hostile
+FIXTURE_PLUGINS := hostile hostile_load
 GUEST_OUT := plugins/target/$(WASM_TARGET)/release
 
 VENV := .venv

@@ -266,3 +266,46 @@ async fn a_huge_response_is_capped() {
     }
     assert!(answered >= 1);
 }
+
+/// A plugin whose `describe` computes forever, dropped into the watched directory of a running
+/// host: the load is refused for its CPU budget (1 s at load) while the other plugins answer
+/// throughout, and it never becomes a provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_that_never_returns_is_refused_at_load() {
+    use sandbox_host::plugins::PluginEvent;
+    let f = fixture().await;
+    let mut events = f.t.host.plugin_events();
+    let dir = f.t.home.path().join("plugins");
+    std::fs::copy(
+        sandbox_tests::plugin_file("hostile_load"),
+        dir.join("hostile_load.wasm"),
+    )
+    .unwrap();
+    let example = f.t.host.provider("example").unwrap();
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let error = loop {
+        tokio::select! {
+            event = events.recv() => match event.unwrap() {
+                PluginEvent::Failed { path, error } if path.ends_with("hostile_load.wasm") => {
+                    break error
+                }
+                _ => {}
+            },
+            r = example.preflight() => {
+                r.expect("the well-behaved plugin must keep answering during the load");
+                answered += 1;
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("no load failure reported"),
+        }
+    };
+    assert!(error.contains("CPU budget"), "{error}");
+    assert!(answered > 0, "no call was served while the plugin loaded");
+    assert!(f.t.host.provider("hostile_load").is_err());
+    assert!(f
+        .t
+        .host
+        .plugins()
+        .iter()
+        .all(|p| p.info.name != "hostile_load"));
+}
