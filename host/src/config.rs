@@ -75,6 +75,12 @@ pub struct HostSection {
     /// `postgres://user@host:port/db` URL selects Postgres, so several `serve` replicas share
     /// one registry. See [`crate::registry_pg`].
     pub database_url: Option<Source>,
+    /// Threads plugin calls run on when the host is driven from a multi-thread runtime
+    /// (default: the cores, at most 4). See [`crate::plugin::executor`].
+    pub call_threads: Option<usize>,
+    /// wasmtime's pooling instance allocator (default false): faster instantiation, with
+    /// address space for 2,048 instances reserved up front.
+    pub pooling: Option<bool>,
 }
 
 /// `[defaults]`: what applies to every plugin unless its own section says otherwise.
@@ -392,6 +398,13 @@ mod tests {
             missing.describe_redacted(),
             "env SANDBOX_HOST_TEST_UNSET_VAR"
         );
+    }
+
+    #[test]
+    fn engine_knobs_parse() {
+        let c = Config::from_toml("[host]\ncall_threads = 2\npooling = true\n", "t").unwrap();
+        assert_eq!((c.host.call_threads, c.host.pooling), (Some(2), Some(true)));
+        assert!(Config::from_toml("[host]\ncall_threads = -1\n", "t").is_err());
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub struct HostBuilder {
     home: Option<PathBuf>,
     store: Option<Arc<dyn SessionStore>>,
     hot_reload: Option<bool>,
-    engine: EngineOptions,
+    engine: Option<EngineOptions>,
     retry: Option<RetryPolicy>,
     on_denied: Option<DenialHandler>,
     no_cache: bool,
@@ -142,8 +142,9 @@ impl HostBuilder {
         self
     }
 
+    /// Engine options; unset, they come from the configuration's `[host]` section.
     pub fn engine_options(mut self, opts: EngineOptions) -> Self {
-        self.engine = opts;
+        self.engine = Some(opts);
         self
     }
 
@@ -191,8 +192,12 @@ impl HostBuilder {
                 None => default_plugin_dirs(&home),
             };
         }
+        let engine = self.engine.unwrap_or_else(|| EngineOptions {
+            pooling: config.host.pooling.unwrap_or(false),
+            call_threads: config.host.call_threads.unwrap_or(0),
+        });
         let runtime = Arc::new(
-            Runtime::new(&self.engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?,
+            Runtime::new(&engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?,
         );
         let cache_dir =
             (!self.no_cache).then(|| self.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
