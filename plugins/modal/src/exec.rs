@@ -1,0 +1,230 @@
+//! Commands through the task command router: start, stdin, both output streams resumed by
+//! offset, the exit code; the calls after the start are sent at once.
+
+use super::*;
+
+/// An exec's calls sent ahead (see [`Running::send_ahead`]).
+pub(crate) struct Ahead {
+    pub(crate) stdin: Option<PendingCall>,
+    pub(crate) stdout: Option<PendingCall>,
+    pub(crate) stderr: Option<PendingCall>,
+    pub(crate) wait: Option<PendingCall>,
+}
+
+/// A started command: its ids, for output, stdin and exit.
+pub(crate) struct Running {
+    pub(crate) sandbox_id: String,
+    pub(crate) exec_id: String,
+    pub(crate) token: Token,
+}
+
+impl Running {
+    pub(crate) fn start(
+        sandbox_id: &str,
+        mut token: Token,
+        argv: Vec<String>,
+        cwd: Option<String>,
+        env: &Pairs,
+        timeout_ms: Option<u64>,
+    ) -> Result<Running> {
+        let exec_id = exec_id();
+        let req = tr::TaskExecStartRequest {
+            task_id: token.task.clone(),
+            exec_id: exec_id.clone(),
+            command_args: argv,
+            stdout_config: tr::TaskExecStdoutConfig::Pipe as i32,
+            stderr_config: tr::TaskExecStderrConfig::Pipe as i32,
+            timeout_secs: timeout_ms.map(|ms| ms.div_ceil(1000).max(1) as u32),
+            workdir: cwd,
+            secret_sources: env_source(env),
+            ..Default::default()
+        };
+        // The exec id is the idempotency key: the start may be retried.
+        with_router(sandbox_id, &mut token, |r| {
+            r.unary::<_, tr::TaskExecStartResponse>("TaskExecStart", &req, Duration::from_secs(60))
+        })?;
+        Ok(Running {
+            sandbox_id: sandbox_id.to_string(),
+            exec_id,
+            token,
+        })
+    }
+
+    /// Sends what an exec asks right after the start, so that the round trips overlap each
+    /// other and the command: stdin with its end (when it fits one write), both output streams
+    /// and the wait. A call that cannot be sent, or is refused (an expired JWT, …), is simply
+    /// asked again the ordinary way.
+    pub(crate) fn send_ahead(&self, stdin: Option<&[u8]>) -> Ahead {
+        let r = self.token.router();
+        let ids = (self.token.task.clone(), self.exec_id.clone());
+        let read = |fd: tr::TaskExecStdioFileDescriptor| {
+            let req = tr::TaskExecStdioReadRequest {
+                task_id: ids.0.clone(),
+                exec_id: ids.1.clone(),
+                offset: 0,
+                file_descriptor: fd as i32,
+            };
+            r.start("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+        };
+        let stdin = stdin.filter(|d| d.len() <= STDIN_CHUNK).map(|stdin| {
+            let req = tr::TaskExecStdinWriteRequest {
+                task_id: ids.0.clone(),
+                exec_id: ids.1.clone(),
+                offset: 0,
+                data: stdin.to_vec(),
+                eof: true,
+            };
+            r.start("TaskExecStdinWrite", &req, Duration::from_secs(120))
+        });
+        let wait = tr::TaskExecWaitRequest {
+            task_id: ids.0.clone(),
+            exec_id: ids.1.clone(),
+        };
+        Ahead {
+            stdin: stdin.flatten(),
+            stdout: read(tr::TaskExecStdioFileDescriptor::Stdout),
+            stderr: read(tr::TaskExecStdioFileDescriptor::Stderr),
+            wait: r.start("TaskExecWait", &wait, Duration::from_secs(55)),
+        }
+    }
+
+    /// Runs the command to its end: stdin written and closed (`None`: left open), stdout and
+    /// stderr delivered in that order as they arrive; the exit code.
+    pub(crate) fn finish(
+        mut self,
+        stdin: Option<&[u8]>,
+        mut on_stdout: impl FnMut(&[u8]),
+        mut on_stderr: impl FnMut(&[u8]),
+    ) -> Result<i32> {
+        let ahead = self.send_ahead(stdin);
+        if let Some(data) = stdin {
+            self.stdin(data, ahead.stdin)?;
+        }
+        self.read(Fd::Stdout, ahead.stdout, &mut on_stdout)?;
+        self.read(Fd::Stderr, ahead.stderr, &mut on_stderr)?;
+        self.wait(ahead.wait)
+    }
+
+    /// Writes all of `data` to stdin by offset, then closes it; `ahead` is the same write
+    /// already sent (see [`send_ahead`](Running::send_ahead)).
+    pub(crate) fn stdin(&mut self, data: &[u8], ahead: Option<PendingCall>) -> Result<()> {
+        if ahead.is_some_and(|call| call.unary().is_ok()) {
+            return Ok(());
+        }
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + STDIN_CHUNK).min(data.len());
+            let req = tr::TaskExecStdinWriteRequest {
+                task_id: self.token.task.clone(),
+                exec_id: self.exec_id.clone(),
+                offset: offset as u64,
+                data: data[offset..end].to_vec(),
+                eof: end == data.len(),
+            };
+            with_router(&self.sandbox_id, &mut self.token, |r| {
+                r.unary::<_, tr::TaskExecStdinWriteResponse>(
+                    "TaskExecStdinWrite",
+                    &req,
+                    Duration::from_secs(120),
+                )
+            })?;
+            offset = end;
+            if offset == data.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads one output stream to its end, from byte offset 0, reconnecting from the current
+    /// offset when the stream breaks (no byte lost or repeated).
+    pub(crate) fn read(
+        &mut self,
+        fd: tr::TaskExecStdioFileDescriptor,
+        mut ahead: Option<PendingCall>,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let mut offset = 0u64;
+        let mut failures = 0;
+        loop {
+            let req = tr::TaskExecStdioReadRequest {
+                task_id: self.token.task.clone(),
+                exec_id: self.exec_id.clone(),
+                offset,
+                file_descriptor: fd as i32,
+            };
+            let opened = match ahead.take().map(PendingCall::open) {
+                Some(Ok(stream)) => Ok(stream),
+                _ => with_router(&self.sandbox_id, &mut self.token, |r| {
+                    r.open("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+                }),
+            };
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(e)
+                    if matches!(e, kit::Error::Unavailable(_)) && failures < STREAM_RECONNECTS =>
+                {
+                    failures += 1;
+                    kit::sleep(Duration::from_millis(10 << failures.min(6)));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            loop {
+                match stream.next_message() {
+                    Ok(Some(bytes)) => {
+                        let m = <tr::TaskExecStdioReadResponse as prost::Message>::decode(
+                            bytes.as_slice(),
+                        )
+                        .map_err(|e| kit::provider(0, format!("malformed output message: {e}")))?;
+                        offset += m.data.len() as u64;
+                        sink(&m.data);
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) if e.is_retryable() && failures < STREAM_RECONNECTS => {
+                        failures += 1;
+                        kit::debug!("output stream broke at offset {offset}: {e}; reconnecting");
+                        kit::sleep(Duration::from_millis(10 << failures.min(6)));
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Waits for the exit code (a signal `n` as 128 + n).
+    pub(crate) fn wait(&mut self, mut ahead: Option<PendingCall>) -> Result<i32> {
+        let req = tr::TaskExecWaitRequest {
+            task_id: self.token.task.clone(),
+            exec_id: self.exec_id.clone(),
+        };
+        loop {
+            let answered = ahead.take().map(PendingCall::unary).and_then(|r| r.ok());
+            let r = match answered
+                .map(|b| <tr::TaskExecWaitResponse as prost::Message>::decode(b.as_slice()))
+            {
+                Some(Ok(resp)) => Ok(resp),
+                _ => with_router(&self.sandbox_id, &mut self.token, |r| {
+                    r.unary::<_, tr::TaskExecWaitResponse>(
+                        "TaskExecWait",
+                        &req,
+                        Duration::from_secs(55),
+                    )
+                }),
+            };
+            match r {
+                Ok(resp) => {
+                    use tr::task_exec_wait_response::ExitStatus;
+                    return Ok(match resp.exit_status {
+                        Some(ExitStatus::Code(c)) => c,
+                        Some(ExitStatus::Signal(s)) => 128 + s,
+                        None => -1,
+                    });
+                }
+                // The server's long-poll ended while the command still runs: ask again.
+                Err(kit::Error::Timeout(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
