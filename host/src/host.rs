@@ -196,9 +196,8 @@ impl HostBuilder {
             pooling: config.host.pooling.unwrap_or(false),
             call_threads: config.host.call_threads.unwrap_or(0),
         });
-        let runtime = Arc::new(
-            Runtime::new(&engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?,
-        );
+        let runtime =
+            Arc::new(Runtime::new(&engine).map_err(|e| Error::Internal(format!("engine: {e:#}")))?);
         let cache_dir =
             (!self.no_cache).then(|| self.cache_dir.unwrap_or_else(|| state_dir.join("cache")));
         let fingerprint = runtime.fingerprint();

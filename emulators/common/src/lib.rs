@@ -27,6 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Options every emulator subcommand takes.
@@ -216,35 +217,58 @@ pub async fn inject(State(faults): State<Faults>, req: Request, next: Next) -> R
             resp
         }
         FaultKind::Drop { after_bytes } => {
+            // Streamed, not buffered: a long-lived answer (SSE, a gRPC stream) is cut after
+            // its first N bytes while it is still running.
             let resp = next.run(req).await;
             let (parts, body) = resp.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX)
-                .await
-                .unwrap_or_default();
-            let head = bytes.slice(..after_bytes.min(bytes.len()));
-            let stream = futures_util::stream::iter(vec![
-                Ok(head),
-                Err(std::io::Error::other("injected connection drop")),
-            ]);
-            let mut resp = Response::from_parts(parts, Body::from_stream(stream));
+            let cut = futures_util::stream::unfold(
+                Some((body.into_data_stream(), after_bytes)),
+                |state| async move {
+                    let dropped = || Err(std::io::Error::other("injected connection drop"));
+                    let (mut body, left) = state?;
+                    if left == 0 {
+                        // One pending poll first, so that the server flushes what was sent.
+                        tokio::task::yield_now().await;
+                        return Some((dropped(), None));
+                    }
+                    match body.next().await {
+                        Some(Ok(b)) if b.len() < left => {
+                            let rest = left - b.len();
+                            Some((Ok(b), Some((body, rest))))
+                        }
+                        Some(Ok(b)) => Some((Ok(b.slice(..left)), Some((body, 0)))),
+                        // The answer ended (or failed) before N bytes: cut at its end.
+                        _ => Some((dropped(), None)),
+                    }
+                },
+            );
+            let mut resp = Response::from_parts(parts, Body::from_stream(cut));
             resp.headers_mut()
                 .remove(axum::http::header::CONTENT_LENGTH);
             resp
         }
         FaultKind::Slow { bytes_per_sec } => {
+            // At most a tenth of the rate every 100 ms, as the answer is produced.
             let resp = next.run(req).await;
             let (parts, body) = resp.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX)
-                .await
-                .unwrap_or_default();
             let chunk = (bytes_per_sec as usize / 10).max(1);
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
             tokio::spawn(async move {
-                for piece in bytes.chunks(chunk) {
-                    if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
-                        return;
+                let mut body = body.into_data_stream();
+                while let Some(next) = body.next().await {
+                    let bytes = match next {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::other(e))).await;
+                            return;
+                        }
+                    };
+                    for piece in bytes.chunks(chunk) {
+                        if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             });
             Response::from_parts(parts, Body::from_stream(ReceiverStream(rx)))
@@ -378,6 +402,49 @@ mod tests {
         );
         assert!("latency:x".parse::<FaultRule>().is_err());
         assert!("teleport".parse::<FaultRule>().is_err());
+    }
+
+    /// `drop` cuts an answer that is still being produced (it never ends here) after its first
+    /// bytes, instead of waiting for the whole body.
+    #[tokio::test]
+    async fn drop_cuts_a_streaming_answer_mid_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let endless = || async {
+            let first =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("hello world"))]);
+            Body::from_stream(first.chain(futures_util::stream::pending()))
+        };
+        let faults = Faults::default();
+        faults.push("drop:5".parse().unwrap());
+        let app = with_faults(Router::new().route("/stream", get(endless)), faults);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { serve(listener, app).await });
+
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let sent = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "the connection was not cut: {sent:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("hello") && !text.contains("world"), "{text}");
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "the body ended cleanly: {text}"
+        );
     }
 
     #[test]
