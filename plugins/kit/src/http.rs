@@ -39,8 +39,10 @@ use crate::util::{self, LineSplitter};
 
 pub use crate::bindings::wasi::http::types::Method;
 
-/// How many bytes one `read_chunk` asks the host for at most.
-pub const READ_CHUNK: u64 = 64 * 1024;
+/// How many bytes one `read_chunk` asks the host for at most (it returns what has arrived).
+pub const READ_CHUNK: u64 = 1 << 20;
+/// The most [`Response::bytes`] reserves up front from a `content-length` it cannot trust.
+const RESERVE_LIMIT: usize = 16 << 20;
 /// How much of an error body [`Response::into_error`] reads for the message.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -51,7 +53,8 @@ pub struct Request {
     url: String,
     query: Vec<(String, String)>,
     headers: Vec<(String, Vec<u8>)>,
-    body: Option<Vec<u8>>,
+    /// Shared, so that cloning a request to send it again does not copy a large body.
+    body: Option<std::rc::Rc<Vec<u8>>>,
     connect_timeout: Option<Duration>,
     first_byte_timeout: Option<Duration>,
     between_bytes_timeout: Option<Duration>,
@@ -118,7 +121,7 @@ impl Request {
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Request {
         match serde_json::to_vec(value) {
             Ok(body) => {
-                self.body = Some(body);
+                self.body = Some(std::rc::Rc::new(body));
                 if !self.has_header("content-type") {
                     self = self.header("content-type", "application/json");
                 }
@@ -129,7 +132,7 @@ impl Request {
     }
     /// A raw body; set `content-type` yourself. Any size: it is written in chunks.
     pub fn body(mut self, bytes: impl Into<Vec<u8>>) -> Request {
-        self.body = Some(bytes.into());
+        self.body = Some(std::rc::Rc::new(bytes.into()));
         self
     }
     /// Sets the connect, first-byte and between-bytes timeouts at once (wasi:http has no
@@ -579,8 +582,19 @@ impl Response {
     }
 
     fn read_rest(&mut self) -> Result<Vec<u8>> {
+        // Sized once from content-length: a large body is not copied again at each growth.
+        let expected = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(RESERVE_LIMIT);
         let mut out = Vec::new();
         while let Some(chunk) = self.read_chunk()? {
+            if out.is_empty() && chunk.len() >= expected {
+                out = chunk;
+                continue;
+            }
+            out.reserve(expected.saturating_sub(out.len()).max(chunk.len()));
             out.extend_from_slice(&chunk);
         }
         Ok(out)
