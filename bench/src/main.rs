@@ -372,6 +372,16 @@ async fn main() {
     }
     if want("cpu") {
         call_cpu().await;
+        // The same calls made in place, from a current-thread runtime.
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(call_cpu())
+        })
+        .join()
+        .unwrap();
     }
     if want("cache") {
         compile_vs_cache();
@@ -405,7 +415,8 @@ async fn main() {
 /// CPU per call, sequential: a plugin call with no I/O, and one with one HTTP request to an
 /// out-of-process server (the e2b emulator), to see what a provider call costs the host.
 async fn call_cpu() {
-    println!("\n## CPU per sequential call (host process only)");
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    println!("\n## CPU per sequential call (host process only; {flavor:?} runtime)");
     let Some(bin) = ["target/release/sandbox-emulator"]
         .iter()
         .map(|p| sandbox_tests::workspace().join(p))
@@ -442,7 +453,10 @@ async fn call_cpu() {
                 vec!["egress".into(), format!("{url}/health")],
             ),
         ] {
-            let n = 500;
+            let n: u32 = std::env::var("BENCH_CALLS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500);
             for _ in 0..50 {
                 sandbox
                     .exec(ExecRequest::argv(argv.clone()), None)
