@@ -12,7 +12,6 @@ use kit::{
 use serde_json::json;
 
 use crate::api::{devboxes, new_request_id, request, send};
-use crate::pending::Pending;
 use crate::text::{bool_field, int_field, string_field, SseParser};
 use crate::Token;
 
@@ -228,12 +227,14 @@ pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
     let (eid, _) = start(sandbox, request)?;
     let wait_url = devboxes(&[&sandbox.id, "executions", &eid, "wait_for_status"])?;
     let hold = json!({ "statuses": ["completed"], "timeout_seconds": EXEC_HOLD.as_secs() });
-    let mut pending = Some(Pending::post_json(
-        &wait_url,
-        &hold,
-        &new_request_id(),
-        EXEC_HOLD + Duration::from_secs(10),
-    )?);
+    // Sent now, answered when the command ends: read alongside the stdout stream.
+    let mut pending = Some(
+        crate::api::request(Method::Post, wait_url)
+            .json(&hold)
+            .header("x-request-id", new_request_id())
+            .first_byte_timeout(EXEC_HOLD + Duration::from_secs(10))
+            .start()?,
+    );
     let mut out = ExecOutput::new();
     let mut timed_out = false;
     let mut offset = 0;
@@ -256,8 +257,12 @@ pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
         }
         // The completion wait sent alongside, if it saw the end; else (a long command, a
         // server-side stream limit) the view, asking again until completed.
-        let body = match pending.take().map(Pending::finish) {
-            Some(Ok((200, body))) => body,
+        let answered = pending.take().map(|p| {
+            p.wait()
+                .and_then(|r| (r.status() == 200).then(|| r.bytes()).transpose())
+        });
+        let body = match answered {
+            Some(Ok(Some(body))) => body,
             _ => full_view(sandbox, &eid)?,
         };
         if parse_view(&body).completed {

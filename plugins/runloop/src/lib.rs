@@ -27,7 +27,6 @@
 mod api;
 mod exec;
 mod files;
-mod pending;
 pub mod text;
 
 use std::collections::BTreeMap;
