@@ -100,7 +100,7 @@ fn delete_session(base: &str, sid: &str) -> Result<()> {
 /// Uploads stdin bytes to a temp file the command then reads (binary-safe, unlike `/input`).
 fn upload_stdin(base: &str, data: &[u8]) -> Result<String> {
     let path = format!("/tmp/.sandbox-host-stdin-{}", hex(8));
-    crate::files::upload(base, &path, data)?;
+    crate::files::upload(base, &path, data.to_vec())?;
     Ok(path)
 }
 

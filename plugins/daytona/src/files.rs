@@ -56,18 +56,23 @@ fn check_path(path: &str) -> Result<()> {
 }
 
 /// Uploads one file with `POST /files/bulk-upload`.
-pub fn upload(base: &str, path: &str, data: &[u8]) -> Result<()> {
+pub fn upload(base: &str, path: &str, data: Vec<u8>) -> Result<()> {
     let form = Form::random()
         .text("files[0].path", path)
-        .file("files[0].file", path, data);
+        .file_owned("files[0].file", path, data);
     request(Method::Post, kit::url(base, &["files", "bulk-upload"]))
         .header("content-type", form.content_type())
-        .body(form.finish())
+        .body_parts(form.finish_parts())
         .ok_5xx()
         .map(drop)
 }
 
-pub fn write_file(sandbox: &SandboxRef, path: &str, data: &[u8], mode: Option<u32>) -> Result<()> {
+pub fn write_file(
+    sandbox: &SandboxRef,
+    path: &str,
+    data: Vec<u8>,
+    mode: Option<u32>,
+) -> Result<()> {
     check_path(path)?;
     let base = toolbox_base(sandbox)?;
     upload(&base, path, data)?;

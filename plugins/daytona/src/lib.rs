@@ -412,7 +412,7 @@ impl kit::Plugin for Daytona {
         data: Vec<u8>,
         mode: Option<u32>,
     ) -> Result<()> {
-        files::write_file(&sandbox, &path, &data, mode)
+        files::write_file(&sandbox, &path, data, mode)
     }
     fn list_dir(sandbox: SandboxRef, path: String) -> Result<Vec<FileStat>> {
         files::list_dir(&sandbox, &path)

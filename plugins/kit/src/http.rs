@@ -35,6 +35,8 @@ use crate::error::{
     unavailable, Result,
 };
 use crate::types::Error;
+use std::rc::Rc;
+
 use crate::util::{self, LineSplitter};
 
 pub use crate::bindings::wasi::http::types::Method;
@@ -53,8 +55,9 @@ pub struct Request {
     url: String,
     query: Vec<(String, String)>,
     headers: Vec<(String, Vec<u8>)>,
-    /// Shared, so that cloning a request to send it again does not copy a large body.
-    body: Option<std::rc::Rc<Vec<u8>>>,
+    /// The body's pieces, sent one after the other; shared, so that cloning a request to send
+    /// it again does not copy a large body.
+    body: Vec<Rc<Vec<u8>>>,
     connect_timeout: Option<Duration>,
     first_byte_timeout: Option<Duration>,
     between_bytes_timeout: Option<Duration>,
@@ -71,7 +74,7 @@ impl Request {
             url: url.into(),
             query: Vec::new(),
             headers: Vec::new(),
-            body: None,
+            body: Vec::new(),
             connect_timeout: None,
             first_byte_timeout: None,
             between_bytes_timeout: None,
@@ -121,7 +124,7 @@ impl Request {
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Request {
         match serde_json::to_vec(value) {
             Ok(body) => {
-                self.body = Some(std::rc::Rc::new(body));
+                self.body = vec![Rc::new(body)];
                 if !self.has_header("content-type") {
                     self = self.header("content-type", "application/json");
                 }
@@ -132,7 +135,13 @@ impl Request {
     }
     /// A raw body; set `content-type` yourself. Any size: it is written in chunks.
     pub fn body(mut self, bytes: impl Into<Vec<u8>>) -> Request {
-        self.body = Some(std::rc::Rc::new(bytes.into()));
+        self.body = vec![Rc::new(bytes.into())];
+        self
+    }
+    /// A raw body sent in pieces, as if concatenated (e.g. a multipart head, a file, a tail:
+    /// the file is not copied into one buffer).
+    pub fn body_parts(mut self, parts: Vec<Vec<u8>>) -> Request {
+        self.body = parts.into_iter().map(Rc::new).collect();
         self
     }
     /// Sets the connect, first-byte and between-bytes timeouts at once (wasi:http has no
@@ -200,12 +209,13 @@ impl Request {
                 .append(name, value)
                 .map_err(|e| header_error(name, e))?;
         }
-        let body = self.body.take().unwrap_or_default();
+        let body = std::mem::take(&mut self.body);
+        let length: usize = body.iter().map(|p| p.len()).sum();
         let sends_body =
-            !body.is_empty() || matches!(self.method, Method::Post | Method::Put | Method::Patch);
+            length > 0 || matches!(self.method, Method::Post | Method::Put | Method::Patch);
         if sends_body && !self.has_header("content-length") {
             headers
-                .append("content-length", body.len().to_string().as_bytes())
+                .append("content-length", length.to_string().as_bytes())
                 .map_err(|e| header_error("content-length", e))?;
         }
 
@@ -313,20 +323,32 @@ fn header_error(name: &str, e: HeaderError) -> Error {
     }
 }
 
-/// Writes `data` respecting `check-write`, flushes, and finishes the body.
-fn write_body(body: OutgoingBody, data: &[u8], context: &str) -> Result<()> {
+/// Writes the body's pieces respecting `check-write`, flushes, and finishes the body.
+fn write_body(body: OutgoingBody, parts: &[Rc<Vec<u8>>], context: &str) -> Result<()> {
     {
         let stream = body
             .write()
             .map_err(|()| provider(0, "wasi:http: request body stream already taken"))?;
-        write_all(&stream, data).map_err(|e| stream_error(e, context, "sending request body"))?;
+        parts
+            .iter()
+            .try_for_each(|part| write_unflushed(&stream, part))
+            .and_then(|()| stream.blocking_flush())
+            .map_err(|e| stream_error(e, context, "sending request body"))?;
         // `stream` is a child of `body`: dropped here, before `finish`.
     }
     OutgoingBody::finish(body, None).map_err(|code| error_from_code(code, context))
 }
 
 /// Writes all of `data` to a wasi output stream in `check-write`-sized pieces and flushes.
-pub fn write_all(stream: &OutputStream, mut data: &[u8]) -> core::result::Result<(), StreamError> {
+pub fn write_all(stream: &OutputStream, data: &[u8]) -> core::result::Result<(), StreamError> {
+    write_unflushed(stream, data)?;
+    stream.blocking_flush()
+}
+
+fn write_unflushed(
+    stream: &OutputStream,
+    mut data: &[u8],
+) -> core::result::Result<(), StreamError> {
     while !data.is_empty() {
         let permit = stream.check_write()?;
         if permit == 0 {
@@ -337,7 +359,7 @@ pub fn write_all(stream: &OutputStream, mut data: &[u8]) -> core::result::Result
         stream.write(&data[..n])?;
         data = &data[n..];
     }
-    stream.blocking_flush()
+    Ok(())
 }
 
 fn wait_response(future: &FutureIncomingResponse, context: &str) -> Result<IncomingResponse> {

@@ -12,10 +12,12 @@
 
 use crate::error::{provider, Result};
 
-/// A form body under construction.
+/// A form body under construction: finished pieces (files added by value stay pieces of their
+/// own), then the piece being written.
 #[derive(Debug, Clone)]
 pub struct Form {
     boundary: String,
+    parts: Vec<Vec<u8>>,
     body: Vec<u8>,
 }
 
@@ -24,6 +26,7 @@ impl Form {
     pub fn new(boundary: impl Into<String>) -> Form {
         Form {
             boundary: boundary.into(),
+            parts: Vec::new(),
             body: Vec::new(),
         }
     }
@@ -80,12 +83,35 @@ impl Form {
         self
     }
 
-    /// The finished body.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Adds a file field taking the data by value: it is sent as a piece of its own, never
+    /// copied (see [`finish_parts`](Form::finish_parts) and `Request::body_parts`).
+    pub fn file_owned(mut self, name: &str, filename: &str, data: Vec<u8>) -> Form {
+        self.head(
+            &format!(
+                "name=\"{}\"; filename=\"{}\"",
+                escape(name),
+                escape(filename)
+            ),
+            Some("application/octet-stream"),
+        );
+        self.parts.push(std::mem::take(&mut self.body));
+        self.parts.push(data);
+        self.body.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// The finished body, in pieces to send one after the other.
+    pub fn finish_parts(mut self) -> Vec<Vec<u8>> {
         self.body.extend_from_slice(b"--");
         self.body.extend_from_slice(self.boundary.as_bytes());
         self.body.extend_from_slice(b"--\r\n");
-        self.body
+        self.parts.push(self.body);
+        self.parts
+    }
+
+    /// The finished body.
+    pub fn finish(self) -> Vec<u8> {
+        self.finish_parts().concat()
     }
 }
 
@@ -212,6 +238,22 @@ pub fn parse(body: &[u8], boundary: &str) -> Result<Vec<Part>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_files_make_the_same_body_in_pieces() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let copied = Form::new("b")
+            .text("path", "/x")
+            .file("file", "x", &data)
+            .finish();
+        let pieces = Form::new("b")
+            .text("path", "/x")
+            .file_owned("file", "x", data.clone())
+            .finish_parts();
+        assert_eq!(pieces.len(), 3, "head, the file itself, tail");
+        assert_eq!(pieces[1], data);
+        assert_eq!(pieces.concat(), copied);
+    }
 
     #[test]
     fn round_trip_binary() {

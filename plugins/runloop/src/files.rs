@@ -30,10 +30,10 @@ pub fn upload(sandbox: &SandboxRef, path: &str, data: Vec<u8>) -> Result<()> {
     let name = path.rsplit('/').next().unwrap_or("file");
     let form = kit::multipart::Form::random()
         .text("path", path)
-        .file("file", name, &data);
+        .file_owned("file", name, data);
     let req = request(Method::Post, devboxes(&[&sandbox.id, "upload_file"])?)
         .header("content-type", form.content_type())
-        .body(form.finish());
+        .body_parts(form.finish_parts());
     send(req, None, &[]).map(drop)
 }
 
