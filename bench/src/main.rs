@@ -417,25 +417,13 @@ async fn main() {
 async fn call_cpu() {
     let flavor = tokio::runtime::Handle::current().runtime_flavor();
     println!("\n## CPU per sequential call (host process only; {flavor:?} runtime)");
-    let Some(bin) = ["target/release/sandbox-emulator"]
-        .iter()
-        .map(|p| sandbox_tests::workspace().join(p))
-        .find(|p| p.exists())
+    let Some(emu) = sdk_compare::emulator_bin()
+        .and_then(|bin| sdk_compare::EmulatorProcess::start(&bin, "e2b").ok())
     else {
+        println!("skipped: needs target/*/sandbox-emulator");
         return;
     };
-    let mut child = std::process::Command::new(bin)
-        .args(["e2b", "--listen", "127.0.0.1:0", "--isolation", "none"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line.trim().to_string();
+    let url = emu.url.clone();
     let home = tempfile::tempdir().unwrap();
     let config = format!("[plugins.hostile]\nallow = [\"{url}\"]\n");
     for pooling in [false, true] {
@@ -478,5 +466,5 @@ async fn call_cpu() {
             );
         }
     }
-    let _ = child.kill();
+    drop(emu);
 }

@@ -69,7 +69,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The emulator binary: `SANDBOX_EMULATOR_BIN`, else the release build, else the debug one.
-fn emulator_bin() -> Option<PathBuf> {
+pub fn emulator_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SANDBOX_EMULATOR_BIN") {
         return Some(p.into());
     }
@@ -136,16 +136,16 @@ fn emulator_cpu(pid: u32) -> Duration {
 }
 
 /// The emulator as its own process (and process group); killed on drop.
-struct EmulatorProcess {
+pub struct EmulatorProcess {
     child: Child,
-    url: String,
+    pub url: String,
     /// Kept open: the emulator's stdout must not become a broken pipe.
     _stdout: BufReader<ChildStdout>,
 }
 
 impl EmulatorProcess {
     /// Starts `sandbox-emulator PROVIDER` with isolation `none` and reads its URL.
-    fn start(bin: &Path, provider: &str) -> anyhow::Result<EmulatorProcess> {
+    pub fn start(bin: &Path, provider: &str) -> anyhow::Result<EmulatorProcess> {
         let mut child = Command::new(bin)
             .args([provider, "--listen", "127.0.0.1:0", "--isolation", "none"])
             .stdout(Stdio::piped())

@@ -68,8 +68,7 @@ impl Form {
         self
     }
 
-    /// Adds a file field (`application/octet-stream`).
-    pub fn file(mut self, name: &str, filename: &str, data: &[u8]) -> Form {
+    fn file_head(&mut self, name: &str, filename: &str) {
         self.head(
             &format!(
                 "name=\"{}\"; filename=\"{}\"",
@@ -78,6 +77,11 @@ impl Form {
             ),
             Some("application/octet-stream"),
         );
+    }
+
+    /// Adds a file field (`application/octet-stream`).
+    pub fn file(mut self, name: &str, filename: &str, data: &[u8]) -> Form {
+        self.file_head(name, filename);
         self.body.extend_from_slice(data);
         self.body.extend_from_slice(b"\r\n");
         self
@@ -86,14 +90,7 @@ impl Form {
     /// Adds a file field taking the data by value: it is sent as a piece of its own, never
     /// copied (see [`finish_parts`](Form::finish_parts) and `Request::body_parts`).
     pub fn file_owned(mut self, name: &str, filename: &str, data: Vec<u8>) -> Form {
-        self.head(
-            &format!(
-                "name=\"{}\"; filename=\"{}\"",
-                escape(name),
-                escape(filename)
-            ),
-            Some("application/octet-stream"),
-        );
+        self.file_head(name, filename);
         self.parts.push(std::mem::take(&mut self.body));
         self.parts.push(data);
         self.body.extend_from_slice(b"\r\n");
