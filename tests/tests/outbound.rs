@@ -175,8 +175,10 @@ async fn retry_after_is_honoured_for_idempotent_calls_only() {
 async fn the_registry_survives_a_host_restart_and_attach_registers_foreign_sandboxes() {
     let server = example_server::start().await;
     let t = host_with(&["example"], &example_config(&server)).await;
-    let mut labels = Spec::default();
-    labels.labels = vec![("team".into(), "blue".into())];
+    let labels = Spec {
+        labels: vec![("team".into(), "blue".into())],
+        ..Spec::default()
+    };
     let id = t
         .host
         .provider("example")
