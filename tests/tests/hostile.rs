@@ -309,3 +309,34 @@ async fn a_describe_that_never_returns_is_refused_at_load() {
         .iter()
         .all(|p| p.info.name != "hostile_load"));
 }
+
+/// A caller that gives up on a call (drops its future) ends it: the plugin's only call slot is
+/// free again at once, not when the hung call would have hit its one-minute timeout. Run from a
+/// multi-thread runtime, so the call was on the host's call thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_caller_drops_is_ended_and_frees_its_slot() {
+    use std::time::Duration;
+    let config = "[plugins.hostile]\nlimits = { call_timeout_secs = 60, max_concurrent = 1 }\n";
+    let t = host_with(&["hostile"], config).await;
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(Spec::default())
+        .await
+        .unwrap();
+    let hung = tokio::time::timeout(
+        Duration::from_millis(300),
+        sandbox.exec(ExecRequest::argv(["hang"]), None),
+    )
+    .await;
+    assert!(hung.is_err(), "the hang attack returned: {hung:?}");
+    let next = tokio::time::timeout(
+        Duration::from_secs(20),
+        sandbox.exec(ExecRequest::argv(["ok"]), None),
+    )
+    .await
+    .expect("the slot of the dropped call was never freed")
+    .unwrap();
+    assert_eq!(next.stdout_tail, b"ok");
+}
