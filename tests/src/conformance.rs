@@ -98,6 +98,18 @@ impl Report {
 
 /// Runs the whole suite against `provider`, exercising the optional parts `caps` declares
 /// (normally `provider.info()?.capabilities`).
+/// Runs the suite with the capabilities the provider declares, prints the report and its total
+/// time, and panics with the first failure: what each provider's conformance test does.
+pub async fn assert_conformance(provider: &Provider) -> Report {
+    let caps = provider.info().expect("provider info").capabilities;
+    let started = std::time::Instant::now();
+    let report = run_conformance(provider, caps)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{report}total {:.2?}", started.elapsed());
+    report
+}
+
 pub async fn run_conformance(provider: &Provider, caps: Capabilities) -> anyhow::Result<Report> {
     let mut report = Report {
         provider: provider.name().to_string(),

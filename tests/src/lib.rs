@@ -44,6 +44,19 @@ impl TestHost {
     }
 }
 
+/// The provider error of a failed call, or a panic saying what happened instead.
+pub fn provider_error<T: std::fmt::Debug>(
+    r: Result<T, sandbox_host::Error>,
+) -> sandbox_host::ProviderError {
+    match r {
+        Err(e) => e
+            .provider_error()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a provider error: {e}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sandbox_host::types::{Capabilities, ExecRequest, SandboxState, Spec};
-use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::conformance::assert_conformance;
 use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::host_with;
 
@@ -67,12 +67,7 @@ async fn daytona_plugin_passes_the_conformance_suite() {
     let emu = Emulator::start().await;
     let t = host_with(&["daytona"], &emu.config()).await;
     let provider = t.host.provider("daytona").unwrap();
-    let caps = provider.info().unwrap().capabilities;
-    let started = Instant::now();
-    let report = run_conformance(&provider, caps)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}total {:.2?}", started.elapsed());
+    let report = assert_conformance(&provider).await;
     assert!(report.skipped.is_empty(), "skipped: {:?}", report.skipped);
     assert_eq!(emu.live(), 0, "the suite left sandboxes behind");
     emu.shutdown().await;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use emulator_e2b::Emulator;
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
-use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::conformance::assert_conformance;
 use sandbox_tests::emulator_support::InProcessEmulator;
-use sandbox_tests::{host_with, TestHost};
+use sandbox_tests::{host_with, provider_error, TestHost};
 
 /// The E2B emulator in-process (see [`InProcessEmulator`]), with its state.
 struct E2bEmulator {
@@ -62,28 +62,12 @@ async fn host(emu: &E2bEmulator) -> TestHost {
     host_with(&["e2b"], &emu.config("e2b_test_key")).await
 }
 
-/// The provider error of a failed call, or a panic saying what happened instead.
-fn provider_error<T: std::fmt::Debug>(r: Result<T, sandbox_host::Error>) -> ProviderError {
-    match r {
-        Err(e) => e
-            .provider_error()
-            .cloned()
-            .unwrap_or_else(|| panic!("not a provider error: {e}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2b_plugin_passes_the_conformance_suite() {
     let emu = E2bEmulator::start().await;
     let t = host(&emu).await;
     let provider = t.host.provider("e2b").unwrap();
-    let caps = provider.info().unwrap().capabilities;
-    let started = Instant::now();
-    let report = run_conformance(&provider, caps)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}total {:.2?}", started.elapsed());
+    let report = assert_conformance(&provider).await;
     assert!(
         report.skipped.is_empty(),
         "e2b declares every capability the suite checks: {:?}",

@@ -1,36 +1,18 @@
 //! The `local` provider plugin end to end: sandbox-host → local.wasm → localbox (in-process,
 //! real bubblewrap) on a loopback port. Needs `make plugins` (target/plugins/local.wasm).
 
-use std::time::Instant;
-
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
-use sandbox_tests::conformance::run_conformance;
-use sandbox_tests::host_with;
+use sandbox_tests::conformance::assert_conformance;
 use sandbox_tests::localbox_support::{local_plugin_config, LocalboxServer};
-
-/// The provider error of a failed call, or a panic saying what happened instead.
-fn provider_error<T: std::fmt::Debug>(r: Result<T, sandbox_host::Error>) -> ProviderError {
-    match r {
-        Err(e) => e
-            .provider_error()
-            .cloned()
-            .unwrap_or_else(|| panic!("not a provider error: {e}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
+use sandbox_tests::{host_with, provider_error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_plugin_passes_the_conformance_suite() {
     let lb = LocalboxServer::start().await;
     let t = host_with(&["local"], &lb.config_toml()).await;
     let provider = t.host.provider("local").unwrap();
-    let caps = provider.info().unwrap().capabilities;
-    let started = Instant::now();
-    let report = run_conformance(&provider, caps)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}total {:.2?}", started.elapsed());
+    let report = assert_conformance(&provider).await;
     assert!(
         report.skipped.is_empty(),
         "local declares every capability the suite checks: {:?}",

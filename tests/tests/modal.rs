@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
-use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::conformance::assert_conformance;
 use sandbox_tests::emulator_support::InProcessEmulator;
-use sandbox_tests::host_with;
+use sandbox_tests::{host_with, provider_error};
 
 /// The Modal emulator in-process (see [`InProcessEmulator`]), with its state for the gRPC
 /// fault switches.
@@ -73,27 +73,12 @@ impl Emulator {
     }
 }
 
-fn provider_error<T: std::fmt::Debug>(r: Result<T, sandbox_host::Error>) -> ProviderError {
-    match r {
-        Err(e) => e
-            .provider_error()
-            .cloned()
-            .unwrap_or_else(|| panic!("not a provider error: {e}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modal_plugin_passes_the_conformance_suite() {
     let emu = Emulator::start().await;
     let t = host_with(&["modal"], &emu.config()).await;
     let provider = t.host.provider("modal").unwrap();
-    let caps = provider.info().unwrap().capabilities;
-    let started = Instant::now();
-    let report = run_conformance(&provider, caps)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}total {:.2?}", started.elapsed());
+    let report = assert_conformance(&provider).await;
     // Modal has no pause/resume or timeout change; background processes are not done yet.
     assert_eq!(
         report.skipped,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use emulator_common::FaultRule;
 use sandbox_host::types::{Capabilities, ExecRequest, OutputStream, Spec};
 use sandbox_host::{Provider, ProviderError};
-use sandbox_tests::conformance::run_conformance;
+use sandbox_tests::conformance::assert_conformance;
 use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::host_with;
 use sandbox_tests::localbox_support::random_hex;
@@ -89,12 +89,7 @@ async fn runloop_plugin_passes_the_conformance_suite() {
     let emu = Emulator::start().await;
     let t = host_with(&["runloop"], &emu.config()).await;
     let provider = t.host.provider("runloop").unwrap();
-    let caps = provider.info().unwrap().capabilities;
-    let started = Instant::now();
-    let report = run_conformance(&provider, caps)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    println!("{report}total {:.2?}", started.elapsed());
+    let report = assert_conformance(&provider).await;
     assert_eq!(report.skipped, Vec::<String>::new());
     assert!(
         emu.engine.list(&Default::default()).is_empty(),
