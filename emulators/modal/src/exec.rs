@@ -171,7 +171,12 @@ async fn route(
             for_task(&r.task_id)?;
             let exec = find_exec(emu, &r.exec_id)?;
             emu.stdio_offsets.lock().unwrap().push(r.offset);
-            let reset_after = emu.output_resets.lock().unwrap().pop();
+            // Resets hit stdout reads only: a client reading stderr at the same time must not
+            // take (and waste) the one meant for the command's output.
+            let stdout = r.file_descriptor == pb::TaskExecStdioFileDescriptor::Stdout as i32;
+            let reset_after = stdout
+                .then(|| emu.output_resets.lock().unwrap().pop())
+                .flatten();
             stdio_read(exec, r.offset, r.file_descriptor, reset_after)
         }
         "TaskExecWait" | "TaskExecPoll" => {

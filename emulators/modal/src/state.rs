@@ -46,8 +46,8 @@ pub struct Emu {
     /// Create requests already answered, by `x-idempotency-key` (the SDK retries creates).
     pub creates: Mutex<HashMap<String, pb::SandboxCreateV2Response>>,
     pub execs: Mutex<HashMap<String, Arc<Exec>>>,
-    /// Pending output-stream resets (fault injection): each resets one `TaskExecStdioRead`
-    /// after that many bytes, in the middle of a message.
+    /// Pending output-stream resets (fault injection): each resets one stdout
+    /// `TaskExecStdioRead` after that many bytes, in the middle of a message.
     pub output_resets: Mutex<Vec<usize>>,
     /// The offsets `TaskExecStdioRead` calls asked for, in order (to observe resumption).
     pub stdio_offsets: Mutex<Vec<u64>>,
