@@ -2,15 +2,18 @@
 
 use crate::sdk_compare::{self, Comparison};
 
+/// The host configuration pointing the e2b plugin at the emulator at `url`.
+pub fn host_config(url: &str) -> String {
+    format!(
+        "[plugins.e2b]\nsettings.api-url = \"{url}\"\nsettings.sandbox-url = \"{url}\"\n\
+         settings.home = \"/workspace\"\nsecrets.api-key = \"e2b_bench\"\n"
+    )
+}
+
 pub async fn run() {
     sdk_compare::run(Comparison {
         provider: "e2b",
-        host_config: |url| {
-            format!(
-                "[plugins.e2b]\nsettings.api-url = \"{url}\"\nsettings.sandbox-url = \"{url}\"\n\
-                 settings.home = \"/workspace\"\nsecrets.api-key = \"e2b_bench\"\n"
-            )
-        },
+        host_config,
         sdk_code: r#"
 from e2b import Sandbox
 def scenario():

@@ -473,6 +473,42 @@ async fn call_cpu() {
                 us(cpu)
             );
         }
+        // A real provider call: the e2b plugin's exec (one streamed Connect-RPC POST) of `true`
+        // in the emulator, whose own work (spawning the command) is not in this process.
+        let e2b_home = tempfile::tempdir().unwrap();
+        let e2b = host(
+            &["e2b"],
+            &crate::e2b::host_config(&url),
+            pooling,
+            e2b_home.path(),
+        )
+        .await;
+        let sandbox = e2b
+            .provider("e2b")
+            .unwrap()
+            .create(Spec::default())
+            .await
+            .unwrap();
+        let n = std::env::var("BENCH_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200u32);
+        let exec = || sandbox.exec(ExecRequest::argv(vec!["true".to_string()]), None);
+        for _ in 0..20 {
+            exec().await.unwrap();
+        }
+        let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
+        for _ in 0..n {
+            assert_eq!(exec().await.unwrap().exit_code, 0);
+        }
+        let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
+        println!(
+            "pooling={pooling:<5} {:<22} wall {:7.1} µs  CPU {:7.1} µs",
+            "e2b exec (1 streamed POST)",
+            us(w),
+            us(cpu)
+        );
+        sandbox.destroy().await.unwrap();
     }
     drop(emu);
 }

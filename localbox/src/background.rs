@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::process::{OutputSink, Stream};
 
@@ -88,6 +91,8 @@ pub(crate) struct Background {
     pub pgid: i32,
     pub bwrap: bool,
     pub state: Mutex<BgState>,
+    /// Woken on new output and on exit, so readers need not poll.
+    changed: Notify,
 }
 
 impl Background {
@@ -103,6 +108,7 @@ impl Background {
                 running: true,
                 exit_code: None,
             }),
+            changed: Notify::new(),
         }
     }
 
@@ -130,10 +136,36 @@ impl Background {
         }
     }
 
+    /// Like [`output`](Self::output), but when there is nothing new yet and the process runs,
+    /// waits up to `max_wait` for output or the exit.
+    pub(crate) async fn wait_output(
+        &self,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_wait: Duration,
+    ) -> ProcessOutput {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            // Registered before looking, so a change between the look and the wait wakes us.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let out = self.output(stdout_offset, stderr_offset);
+            if !out.stdout.is_empty() || !out.stderr.is_empty() || !out.running {
+                return out;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return out;
+            }
+        }
+    }
+
     pub(crate) fn finish(&self, exit_code: i32) {
         let mut st = self.state.lock().unwrap();
         st.running = false;
         st.exit_code = Some(exit_code);
+        drop(st);
+        self.changed.notify_waiters();
     }
 }
 
@@ -147,6 +179,8 @@ impl OutputSink for BufferSink {
             Stream::Stdout => st.stdout.push(data),
             Stream::Stderr => st.stderr.push(data),
         }
+        drop(st);
+        self.0.changed.notify_waiters();
         true
     }
     async fn gone(&self) {

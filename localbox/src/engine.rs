@@ -444,6 +444,21 @@ impl Engine {
             .output(stdout_offset, stderr_offset))
     }
 
+    /// Like [`process_output`](Self::process_output), but when nothing new is there yet and the
+    /// process runs, waits up to `max_wait` for output or the exit (no polling needed).
+    pub async fn wait_process_output(
+        &self,
+        id: &str,
+        pid: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_wait: Duration,
+    ) -> Result<ProcessOutput> {
+        self.touch();
+        let bg = self.background(id, pid)?;
+        Ok(bg.wait_output(stdout_offset, stderr_offset, max_wait).await)
+    }
+
     /// Sends signal `signal` to a background process (no-op once it exited). Under bubblewrap,
     /// the command receives it, not bubblewrap (SIGKILL takes the whole process group).
     pub fn signal_process(&self, id: &str, pid: &str, signal: i32) -> Result<()> {

@@ -239,6 +239,42 @@ async fn exec_stdin() {
 }
 
 #[tokio::test]
+async fn waiting_for_background_output_returns_on_output_and_on_exit() {
+    let (engine, _dir) = engine();
+    let id = new_sandbox(&engine).await;
+    // Silent for a moment, then one line, then silent again until it exits with 3.
+    let p = engine
+        .start_process(
+            &id,
+            ExecRequest::shell("sleep 0.3; echo one; sleep 0.3; exit 3"),
+        )
+        .await
+        .unwrap();
+    let long = Duration::from_secs(20);
+    // Nothing yet: a short wait comes back empty with the process still running.
+    let none = engine
+        .wait_process_output(&id, &p.pid, 0, 0, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(none.stdout.is_empty() && none.running, "{none:?}");
+    // A long wait ends when the line arrives (not at its limit: the process is still running).
+    let one = engine
+        .wait_process_output(&id, &p.pid, 0, 0, long)
+        .await
+        .unwrap();
+    assert_eq!((one.stdout.as_slice(), one.running), (&b"one\n"[..], true));
+    // And the next one when the process exits.
+    let end = engine
+        .wait_process_output(&id, &p.pid, one.stdout_next, 0, long)
+        .await
+        .unwrap();
+    assert_eq!(
+        (end.stdout.len(), end.running, end.exit_code),
+        (0, false, Some(3))
+    );
+}
+
+#[tokio::test]
 async fn background_process_output_offsets_and_signal() {
     let (engine, _dir) = engine();
     let id = new_sandbox(&engine).await;

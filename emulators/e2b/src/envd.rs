@@ -21,11 +21,8 @@ use crate::state::{Emulator, Proc, ProcState, SandboxMeta};
 
 /// Largest request body envd accepts here (file uploads).
 const MAX_BODY: usize = 1 << 30;
-/// Poll interval bounds while pumping a process's output into a stream.
-const POLL_MIN: Duration = Duration::from_millis(1);
-const POLL_MAX: Duration = Duration::from_millis(20);
-/// How long after the last output polls stay at [`POLL_MIN`].
-const POLL_FAST_FOR: Duration = Duration::from_millis(50);
+/// Longest a stream waits for a process's output before it looks at keepalives again.
+const OUTPUT_WAIT: Duration = Duration::from_secs(1);
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -423,13 +420,18 @@ fn pump(
             }
         };
         let (mut o, mut e) = from.unwrap_or((0, 0));
-        let mut wait = POLL_MIN;
         let mut quiet_since = Instant::now();
+        // Woken by new output or the exit; the wait is bounded so keepalives still go out.
+        let max_wait = keepalive.unwrap_or(OUTPUT_WAIT).min(OUTPUT_WAIT);
         loop {
-            let out = match emu
+            let wait = emu
                 .engine()
-                .process_output(&meta.local_id, &local_pid, o, e)
-            {
+                .wait_process_output(&meta.local_id, &local_pid, o, e, max_wait);
+            let out = tokio::select! {
+                out = wait => out,
+                _ = tx.closed() => return,
+            };
+            let out = match out {
                 Ok(out) => out,
                 Err(err) => {
                     let _ = tx
@@ -481,7 +483,6 @@ fn pump(
                 return;
             }
             if got {
-                wait = POLL_MIN;
                 quiet_since = Instant::now();
                 continue;
             }
@@ -490,14 +491,6 @@ fn pump(
                     return;
                 }
                 quiet_since = Instant::now();
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = tx.closed() => return,
-            }
-            // Quick commands end within a few ms: poll fast at first, then back off.
-            if quiet_since.elapsed() >= POLL_FAST_FOR {
-                wait = (wait * 2).min(POLL_MAX);
             }
         }
     });

@@ -51,6 +51,10 @@ impl Runtime {
             pool.total_memories(4096);
             pool.total_tables(8192);
             pool.max_memory_size(1 << 30);
+            pool.linear_memory_keep_resident(8 << 20);
+            pool.table_keep_resident(64 << 10);
+            pool.async_stack_keep_resident(256 << 10);
+            pool.pagemap_scan(wasmtime::Enabled::Auto);
             cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&cfg)?;
