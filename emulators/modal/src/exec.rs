@@ -380,10 +380,10 @@ async fn stdin_write(
     if eof {
         if let StdinSink::Fifo(_, path) = &*sink {
             // Closing before the command opened the FIFO would drop what is buffered in it.
-            let marker = opened_marker(path);
-            while !marker.exists() && exec.state.lock().unwrap().exit.is_none() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            let exited = async {
+                wait_exit(exec, Duration::MAX).await;
+            };
+            crate::created::wait(&opened_marker(path), exited).await;
         }
         let previous = std::mem::replace(&mut *sink, StdinSink::Closed);
         exec.state.lock().unwrap().stdin_closed = true;

@@ -16,6 +16,7 @@
 //! middle of a message, router JWT revocation).
 
 pub mod control;
+mod created;
 pub mod exec;
 pub mod fs_tools;
 pub mod grpc;
