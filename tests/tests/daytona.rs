@@ -205,3 +205,36 @@ async fn slow_state_transitions_are_waited_for() {
     assert!(provider.attach(sb.id()).await.is_err());
     emu.shutdown().await;
 }
+
+/// The synchronous exec's answer is lost (as when a proxy cuts a long request): the plugin
+/// follows the command by polling its exit code and log instead, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_survives_a_lost_synchronous_answer() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    let sb = provider.create(labelled("fault", "exec")).await.unwrap();
+    // Only the exec POST has a path under `.../process/session/` (the session create has none).
+    emu.fault(&format!(
+        "drop:0,count=1,path=/toolbox/{}/process/session/,method=POST",
+        sb.id()
+    ));
+    let r = sb
+        .exec(
+            ExecRequest::shell("echo one; sleep 0.2; echo two >&2; exit 4"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(emu.faults.list().is_empty(), "the drop was served");
+    assert_eq!(
+        (
+            r.exit_code,
+            r.stdout_tail.as_slice(),
+            r.stderr_tail.as_slice()
+        ),
+        (4, &b"one\n"[..], &b"two\n"[..])
+    );
+    sb.destroy().await.unwrap();
+    emu.shutdown().await;
+}

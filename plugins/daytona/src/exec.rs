@@ -16,13 +16,15 @@ use kit::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{request, toolbox_base, SendExt};
+use crate::api::{request, toolbox_base, transient, SendExt};
 
 const STDOUT_MARK: &[u8] = b"\x01\x01\x01";
 const STDERR_MARK: &[u8] = b"\x02\x02\x02";
 /// Session ids this plugin creates start with these.
 const EXEC_PREFIX: &str = "sandbox-host-exec-";
 const BG_PREFIX: &str = "sandbox-host-bg-";
+/// How long a command may run before its log is first polled for output to stream.
+const FIRST_LOOK: Duration = Duration::from_millis(100);
 /// Longest pause between two polls of a running command.
 const MAX_POLL: Duration = Duration::from_millis(250);
 /// Exit code reported for a command killed at its timeout (as coreutils `timeout` does).
@@ -197,18 +199,6 @@ fn logs(base: &str, sid: &str, cid: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok(demux(&body))
 }
 
-/// Emits what is new in `all` past `sent` bytes.
-fn emit_new(output: &mut ExecOutput, stdout: bool, all: &[u8], sent: &mut usize) {
-    if all.len() > *sent {
-        if stdout {
-            output.stdout(&all[*sent..]);
-        } else {
-            output.stderr(&all[*sent..]);
-        }
-        *sent = all.len();
-    }
-}
-
 pub fn exec(sandbox: &SandboxRef, req: ExecRequest) -> Result<ExecResult> {
     let base = toolbox_base(sandbox)?;
     let stdin_file = match req.stdin.as_deref() {
@@ -223,90 +213,153 @@ pub fn exec(sandbox: &SandboxRef, req: ExecRequest) -> Result<ExecResult> {
     result
 }
 
-/// End-of-command markers an exec appends to each stream: when both arrived the output is
-/// complete, and stdout's carries the exit code, so a poll is one request (the log), not two.
-struct Trailer {
-    /// `\n<token>:` on stdout, followed by the exit code and `\n`.
-    out: Vec<u8>,
-    /// `\n<token>\n` on stderr.
-    err: Vec<u8>,
-    /// What the session runs after the command to print them.
-    shell: String,
+/// What a synchronous session exec answers (`stdout`/`stderr` only from newer daemons).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Finished {
+    cmd_id: String,
+    exit_code: Option<i32>,
+    stdout: Option<String>,
+    stderr: Option<String>,
 }
 
-impl Trailer {
-    fn new() -> Trailer {
-        let token = format!("__sandbox_host_end_{}__", hex(8));
-        Trailer {
-            out: format!("\n{token}:").into_bytes(),
-            err: format!("\n{token}\n").into_bytes(),
-            shell: format!(
-                "; r=$?; printf '\\n%s:%d\\n' {token} \"$r\"; printf '\\n%s\\n' {token} >&2"
-            ),
-        }
-    }
-
-    /// The exit code once stdout's trailer is complete, and where it starts.
-    fn stdout_end(&self, out: &[u8]) -> Option<(usize, i32)> {
-        let at = kit::util::find(out, &self.out, 0)?;
-        let rest = &out[at + self.out.len()..];
-        let nl = rest.iter().position(|b| *b == b'\n')?;
-        let code = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
-        Some((at, code))
-    }
-}
-
-/// How much of `data` may be emitted now: all but a tail that could be the start of `marker`.
-fn safe_len(data: &[u8], marker: &[u8]) -> usize {
-    let longest = data.len().min(marker.len() - 1);
-    let held = (1..=longest)
-        .rev()
-        .find(|&k| data[data.len() - k..] == marker[..k])
-        .unwrap_or(0);
-    data.len() - held
-}
-
+/// Runs `line` in session `sid` to its end. The exec is sent synchronous (the daemon answers
+/// when the command ended, with its exit code and output), so a command that ends within
+/// [`FIRST_LOOK`] costs this one request. While it runs longer, its log is polled and new
+/// output emitted as it appears; should the synchronous answer be lost (a proxy's idle
+/// timeout on a long command), polling carries on to the end.
 fn run(base: &str, sid: &str, line: &str, timeout_ms: Option<u64>) -> Result<ExecResult> {
-    let trailer = Trailer::new();
-    let cid = start(base, sid, &format!("{line}{}", trailer.shell))?;
-    let started = kit::monotonic_ns();
-    let deadline = timeout_ms.map(|ms| started + ms.saturating_mul(1_000_000));
-    let mut output = ExecOutput::new();
-    let (mut out_sent, mut err_sent) = (0usize, 0usize);
-    let mut delay = Duration::from_millis(1);
-    for poll in 1u64.. {
-        let now = kit::monotonic_ns();
-        let pause = match deadline {
-            Some(d) if now >= d => {
-                // Ending the session kills the command (the caller deletes it).
-                return Ok(output.finish(TIMEOUT_EXIT, true));
-            }
-            Some(d) => delay.min(Duration::from_nanos(d - now)),
-            None => delay,
-        };
-        kit::sleep(pause);
-        delay = (delay * 2).min(MAX_POLL);
-        let (out, err) = logs(base, sid, &cid)?;
-        let out_end = trailer.stdout_end(&out);
-        let err_end = kit::util::find(&err, &trailer.err, 0);
-        let out_safe = out_end.map_or_else(|| safe_len(&out, &trailer.out), |(at, _)| at);
-        let err_safe = err_end.unwrap_or_else(|| safe_len(&err, &trailer.err));
-        emit_new(&mut output, true, &out[..out_safe], &mut out_sent);
-        emit_new(&mut output, false, &err[..err_safe], &mut err_sent);
-        if let (Some((_, code)), Some(_)) = (out_end, err_end) {
-            return Ok(output.finish(code, false));
+    let mut poll = Poll::new(timeout_ms);
+    let pending = toolbox(Method::Post, base, &["process", "session", sid, "exec"])
+        .json(&json!({ "command": line }))
+        .start()
+        .map_err(transient)?;
+    while !pending.ready_within(poll.pause()) {
+        if poll.timed_out() {
+            return Ok(poll.output.finish(TIMEOUT_EXIT, true));
         }
-        // A command that ended without its trailers (its session was ended under it).
-        if poll % 8 == 0 {
-            if let Some(code) = command_info(base, sid, &cid)?.exit_code {
-                let (out, err) = logs(base, sid, &cid)?;
-                emit_new(&mut output, true, &out, &mut out_sent);
-                emit_new(&mut output, false, &err, &mut err_sent);
-                return Ok(output.finish(code, false));
+        poll.emit_log(base, sid)?;
+    }
+    let done = pending
+        .wait()
+        .and_then(|r| r.error_for_status())
+        .map_err(transient)
+        .and_then(|r| r.json::<Finished>());
+    let done = match done {
+        Ok(done) => done,
+        Err(kit::Error::Timeout(_) | kit::Error::Unavailable(_)) => return poll.to_end(base, sid),
+        Err(e) => return Err(e),
+    };
+    // JSON carries text: output that was not UTF-8 came back with U+FFFD in it, and an older
+    // daemon sends no split streams. Then the raw log has the exact bytes.
+    let (out, err) = match (done.stdout, done.stderr) {
+        (Some(o), Some(e)) if !o.contains('\u{FFFD}') && !e.contains('\u{FFFD}') => {
+            (o.into_bytes(), e.into_bytes())
+        }
+        _ => logs(base, sid, &done.cmd_id)?,
+    };
+    poll.emit(&out, &err);
+    Ok(poll.output.finish(done.exit_code.unwrap_or(-1), false))
+}
+
+/// Following a running session command: its output so far, the pause before the next look
+/// (from [`FIRST_LOOK`], doubling up to [`MAX_POLL`]) and its deadline.
+struct Poll {
+    output: ExecOutput,
+    sent: (usize, usize),
+    cid: Option<String>,
+    delay: Duration,
+    deadline: Option<u64>,
+}
+
+impl Poll {
+    fn new(timeout_ms: Option<u64>) -> Poll {
+        Poll {
+            output: ExecOutput::new(),
+            sent: (0, 0),
+            cid: None,
+            delay: FIRST_LOOK,
+            deadline: timeout_ms.map(|ms| kit::monotonic_ns() + ms.saturating_mul(1_000_000)),
+        }
+    }
+
+    /// The next pause (never past the deadline).
+    fn pause(&mut self) -> Duration {
+        let pause = match self.deadline {
+            Some(d) => self.delay.min(Duration::from_nanos(d.saturating_sub(kit::monotonic_ns()))),
+            None => self.delay,
+        };
+        self.delay = (self.delay * 2).min(MAX_POLL);
+        pause
+    }
+
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| kit::monotonic_ns() >= d)
+    }
+
+    /// Emits what is new in the command's whole output so far.
+    fn emit(&mut self, out: &[u8], err: &[u8]) {
+        if out.len() > self.sent.0 {
+            self.output.stdout(&out[self.sent.0..]);
+            self.sent.0 = out.len();
+        }
+        if err.len() > self.sent.1 {
+            self.output.stderr(&err[self.sent.1..]);
+            self.sent.1 = err.len();
+        }
+    }
+
+    /// The command's id, once the daemon lists it in the session.
+    fn command(&mut self, base: &str, sid: &str) -> Result<Option<String>> {
+        if self.cid.is_none() {
+            self.cid = session_command(base, sid)?;
+        }
+        Ok(self.cid.clone())
+    }
+
+    /// Emits what is new in the command's log.
+    fn emit_log(&mut self, base: &str, sid: &str) -> Result<()> {
+        if let Some(cid) = self.command(base, sid)? {
+            let (out, err) = logs(base, sid, &cid)?;
+            self.emit(&out, &err);
+        }
+        Ok(())
+    }
+
+    /// Polls the command's exit code and log until it ended (the log read after the exit code
+    /// is known is complete).
+    fn to_end(mut self, base: &str, sid: &str) -> Result<ExecResult> {
+        loop {
+            if self.timed_out() {
+                return Ok(self.output.finish(TIMEOUT_EXIT, true));
+            }
+            kit::sleep(self.pause());
+            let Some(cid) = self.command(base, sid)? else {
+                continue;
+            };
+            let code = command_info(base, sid, &cid)?.exit_code;
+            let (out, err) = logs(base, sid, &cid)?;
+            self.emit(&out, &err);
+            if let Some(code) = code {
+                return Ok(self.output.finish(code, false));
             }
         }
     }
-    unreachable!("the poll loop only ends by returning")
+}
+
+/// The id of the (one) command in session `sid`, once the daemon lists it.
+fn session_command(base: &str, sid: &str) -> Result<Option<String>> {
+    #[derive(Deserialize)]
+    struct Session {
+        #[serde(default)]
+        commands: Vec<Cmd>,
+    }
+    #[derive(Deserialize)]
+    struct Cmd {
+        id: String,
+    }
+    let s: Session = toolbox(Method::Get, base, &["process", "session", sid]).json_5xx()?;
+    Ok(s.commands.into_iter().next().map(|c| c.id))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,21 +498,6 @@ pub fn signal_process(sandbox: &SandboxRef, pid: &str, _signal: i32) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trailers_are_held_back_and_found() {
-        let t = Trailer {
-            out: b"\nTOK:".to_vec(),
-            err: b"\nTOK\n".to_vec(),
-            shell: String::new(),
-        };
-        assert_eq!(safe_len(b"abc\n", &t.out), 3);
-        assert_eq!(safe_len(b"abc\nTO", &t.out), 3);
-        assert_eq!(safe_len(b"abc\nTX", &t.out), 6);
-        assert_eq!(t.stdout_end(b"abc\nTOK:7"), None);
-        assert_eq!(t.stdout_end(b"abc\nTOK:7\n"), Some((3, 7)));
-        assert_eq!(kit::util::find(b"e\nTOK\n", &t.err, 0), Some(1));
-    }
 
     #[test]
     fn demux_keeps_bytes_and_order() {

@@ -291,6 +291,16 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// Waits at most `d` for the response head (or a failure) to arrive; true once it has.
+    /// [`wait`](InFlight::wait) then returns without blocking.
+    pub fn ready_within(&self, d: Duration) -> bool {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let response = self.future.subscribe();
+        let timer = crate::bindings::wasi::clocks::monotonic_clock::subscribe_duration(ns);
+        crate::bindings::wasi::io::poll::poll(&[&response, &timer]);
+        response.ready()
+    }
+
     /// Waits for the response head.
     pub fn wait(self) -> Result<Response> {
         let response = wait_response(&self.future, &self.context)?;
