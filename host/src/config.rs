@@ -78,8 +78,8 @@ pub struct HostSection {
     /// Threads plugin calls run on when the host is driven from a multi-thread runtime
     /// (default: the cores, at most 4). See [`crate::plugin::executor`].
     pub call_threads: Option<usize>,
-    /// wasmtime's pooling instance allocator (default false): faster instantiation, with
-    /// address space for 2,048 instances reserved up front.
+    /// wasmtime's pooling instance allocator (default true): instances reuse slots reserved up
+    /// front (address space for 2,048), so a call pays no memory mapping or page faults.
     pub pooling: Option<bool>,
 }
 

@@ -193,7 +193,7 @@ impl HostBuilder {
             };
         }
         let engine = self.engine.unwrap_or_else(|| EngineOptions {
-            pooling: config.host.pooling.unwrap_or(false),
+            pooling: config.host.pooling.unwrap_or(true),
             call_threads: config.host.call_threads.unwrap_or(0),
         });
         let runtime =

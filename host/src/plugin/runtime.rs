@@ -16,12 +16,24 @@ use super::state::CallState;
 pub const TICK: Duration = Duration::from_millis(10);
 
 /// Engine options.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// Use the pooling instance allocator (faster instantiation, memory reserved up front).
+    /// Use the pooling instance allocator (default): instances reuse pre-reserved slots whose
+    /// touched memory stays resident, so a call pays neither mmap/munmap nor page faults.
+    /// Off, each instance maps fresh memory. Falls back to off when the address space for
+    /// the pool cannot be reserved (e.g. under `ulimit -v`).
     pub pooling: bool,
     /// Threads plugin calls run on (see [`CallExecutor`]); 0: the cores, at most 4.
     pub call_threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            pooling: true,
+            call_threads: 0,
+        }
+    }
 }
 
 pub struct Runtime {
@@ -39,25 +51,15 @@ impl Drop for Runtime {
 
 impl Runtime {
     pub fn new(opts: &EngineOptions) -> wasmtime::Result<Runtime> {
-        let mut cfg = wasmtime::Config::new();
-        cfg.wasm_component_model(true);
-        cfg.epoch_interruption(true);
-        if opts.pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            // A Rust plugin component holds a few core instances (the module plus adapter
-            // shims); size the pool for ~2,000 concurrent calls.
-            pool.total_component_instances(2048);
-            pool.total_core_instances(8192);
-            pool.total_memories(4096);
-            pool.total_tables(8192);
-            pool.max_memory_size(1 << 30);
-            pool.linear_memory_keep_resident(8 << 20);
-            pool.table_keep_resident(64 << 10);
-            pool.async_stack_keep_resident(256 << 10);
-            pool.pagemap_scan(wasmtime::Enabled::Auto);
-            cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        }
-        let engine = Engine::new(&cfg)?;
+        let engine = match opts.pooling {
+            true => Engine::new(&config(true)).or_else(|e| {
+                tracing::warn!(
+                    "the pooling allocator is unavailable ({e:#}); instances map their own memory"
+                );
+                Engine::new(&config(false))
+            })?,
+            false => Engine::new(&config(false))?,
+        };
         let linker = build_linker(&engine)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop.clone());
@@ -93,6 +95,31 @@ fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
             }
         })
         .expect("spawn epoch thread");
+}
+
+fn config(pooling: bool) -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    cfg.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust plugin component holds a few core instances (the module plus adapter
+        // shims); size the pool for ~2,000 concurrent calls.
+        pool.total_component_instances(2048);
+        pool.total_core_instances(8192);
+        pool.total_memories(4096);
+        pool.total_tables(8192);
+        pool.max_memory_size(1 << 30);
+        // A freed slot keeps up to this much of what the call touched, zeroed in place (only
+        // the dirty pages, found with PAGEMAP_SCAN where the kernel has it), so the next call
+        // takes no page faults for it; beyond, memory goes back to the kernel.
+        pool.linear_memory_keep_resident(2 << 20);
+        pool.table_keep_resident(64 << 10);
+        pool.async_stack_keep_resident(256 << 10);
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
 }
 
 /// Links what the world imports and nothing else: no filesystem, no sockets. The wasi:cli
