@@ -247,7 +247,7 @@ fn run(base: &str, sid: &str, line: &str, timeout_ms: Option<u64>) -> Result<Exe
         .and_then(|r| r.json::<Finished>());
     let done = match done {
         Ok(done) => done,
-        Err(kit::Error::Timeout(_) | kit::Error::Unavailable(_)) => return poll.to_end(base, sid),
+        Err(kit::Error::Timeout(_) | kit::Error::Unavailable(_)) => return poll.until_exit(base, sid),
         Err(e) => return Err(e),
     };
     // JSON carries text: output that was not UTF-8 came back with U+FFFD in it, and an older
@@ -328,7 +328,7 @@ impl Poll {
 
     /// Polls the command's exit code and log until it ended (the log read after the exit code
     /// is known is complete).
-    fn to_end(mut self, base: &str, sid: &str) -> Result<ExecResult> {
+    fn until_exit(mut self, base: &str, sid: &str) -> Result<ExecResult> {
         loop {
             if self.timed_out() {
                 return Ok(self.output.finish(TIMEOUT_EXIT, true));
