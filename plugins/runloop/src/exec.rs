@@ -24,6 +24,9 @@ const POLL_LISTEN: Duration = Duration::from_millis(150);
 const MAX_RECONNECTS: u32 = 8;
 /// How long the completion wait sent with an exec holds (the server's maximum is 25 s).
 const EXEC_HOLD: Duration = Duration::from_secs(25);
+/// How long a command may run before its stdout is streamed (a quicker one's output comes
+/// whole with its completion).
+const FIRST_LOOK: Duration = Duration::from_millis(100);
 /// Exit code of a command killed for its timeout (as coreutils `timeout`).
 const TIMEOUT_EXIT: i32 = 124;
 
@@ -217,9 +220,10 @@ fn follow(
     }
 }
 
-/// Foreground exec: stdout streamed live while a `wait_for_status` sent alongside waits for
-/// completion; its view gives stderr and the exit status (the stderr stream is read only when
-/// the view truncated it). Two round trips for a quick command, not three.
+/// Foreground exec: a `wait_for_status` sent right after the start waits for completion; its
+/// view gives the exit status and the output (a stream is read only when the view truncated
+/// it). A command that ends within [`FIRST_LOOK`] takes these two requests; a longer one has
+/// its stdout streamed live from then on.
 pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
     let mut deadline = request
         .timeout_ms
@@ -238,36 +242,45 @@ pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
     let mut out = ExecOutput::new();
     let mut timed_out = false;
     let mut offset = 0;
-    let done = loop {
-        let end = follow(
-            sandbox,
-            &eid,
-            "stream_stdout_updates",
-            &mut offset,
-            deadline,
-            None,
-            &mut |b| out.push(OutputStream::Stdout, b),
-        )?;
-        if let StreamEnd::Deadline = end {
-            kill(sandbox, &eid)?;
-            timed_out = true;
-            // Read what it wrote up to the kill.
-            deadline = None;
-            continue;
+    let first_look = deadline.map_or(FIRST_LOOK, |d| {
+        FIRST_LOOK.min(Duration::from_nanos(d.saturating_sub(kit::monotonic_ns())))
+    });
+    let quick = pending
+        .take_if(|p| p.ready_within(first_look))
+        .and_then(|p| completed_view(p.wait()))
+        .filter(|body| bool_field(body, "stdout_truncated") != Some(true));
+    let done = match quick {
+        Some(body) => {
+            out.push(OutputStream::Stdout, &parse_view(&body).stdout);
+            body
         }
-        // The completion wait sent alongside, if it saw the end; else (a long command, a
-        // server-side stream limit) the view, asking again until completed.
-        let answered = pending.take().map(|p| {
-            p.wait()
-                .and_then(|r| (r.status() == 200).then(|| r.bytes()).transpose())
-        });
-        let body = match answered {
-            Some(Ok(Some(body))) => body,
-            _ => full_view(sandbox, &eid)?,
-        };
-        if parse_view(&body).completed {
-            break body;
-        }
+        None => loop {
+            let end = follow(
+                sandbox,
+                &eid,
+                "stream_stdout_updates",
+                &mut offset,
+                deadline,
+                None,
+                &mut |b| out.push(OutputStream::Stdout, b),
+            )?;
+            if let StreamEnd::Deadline = end {
+                kill(sandbox, &eid)?;
+                timed_out = true;
+                // Read what it wrote up to the kill.
+                deadline = None;
+                continue;
+            }
+            // The completion wait sent alongside, if it saw the end; else (a long command, a
+            // server-side stream limit) the view, asking again until completed.
+            let body = match pending.take().and_then(|p| completed_view(p.wait())) {
+                Some(body) => body,
+                None => full_view(sandbox, &eid)?,
+            };
+            if parse_view(&body).completed {
+                break body;
+            }
+        },
     };
     let v = parse_view(&done);
     if bool_field(&done, "stderr_truncated") == Some(true) {
@@ -288,6 +301,12 @@ pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
         return Ok(out.finish(TIMEOUT_EXIT, true));
     }
     Ok(out.finish(v.exit_status.unwrap_or(-1), false))
+}
+
+/// The body of a completion wait's answer, when it says the execution completed.
+fn completed_view(answer: Result<kit::http::Response>) -> Option<Vec<u8>> {
+    let resp = answer.ok().filter(|r| r.status() == 200)?;
+    resp.bytes().ok().filter(|body| parse_view(body).completed)
 }
 
 /// The execution view with every line of output (raw JSON).
