@@ -32,6 +32,7 @@ mod process;
 mod sandbox;
 mod server;
 mod signals;
+mod spawn;
 mod uids;
 
 pub use background::{ProcessInfo, ProcessOutput, MAX_OUTPUT_PER_POLL};

@@ -6,12 +6,10 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -153,17 +151,17 @@ pub(crate) struct Launch {
 
 /// A spawned command: its own session and process group (pgid = pid).
 pub(crate) struct Spawned {
-    pub child: Child,
+    pub child: crate::spawn::ChildProcess,
     pub pgid: i32,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-    pub stdin: Option<ChildStdin>,
+    pub stdout: tokio::net::unix::pipe::Receiver,
+    pub stderr: tokio::net::unix::pipe::Receiver,
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
 }
 
 /// Spawns `launch` from the process-wide spawner thread.
 ///
 /// Why a dedicated thread: the parent-death signal (bwrap's `--die-with-parent`, our
-/// `PR_SET_PDEATHSIG`) fires when the *thread* that forked the child exits, not the process.
+/// `PR_SET_PDEATHSIG`) fires when the *thread* that started the child exits, not the process.
 /// Callers may sit on Tokio blocking-pool threads (or `block_in_place` ones) that exit after a
 /// while, which would kill long-running background processes. The spawner thread lives as long
 /// as the process, so children die with the engine's process and only then.
@@ -205,43 +203,29 @@ pub(crate) fn spawn(launch: &Launch, limits: &Limits, with_stdin: bool) -> io::R
         .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
-/// Spawns `launch` on the current thread. In the child, before exec: new session (so the whole
-/// group can be killed), rlimits, then groups/gid/uid dropped to the sandbox's (rlimits first:
-/// raising them needs root; RLIMIT_NPROC is enforced for the uid set afterwards).
+/// Spawns `launch` on the current thread (see [`crate::spawn`]). In the child, before exec:
+/// new session (so the whole group can be killed), rlimits, then groups/gid/uid dropped to the
+/// sandbox's (rlimits first: raising them needs root; RLIMIT_NPROC is enforced for the uid set
+/// afterwards), and death with the engine.
 fn spawn_here(launch: &Launch, limits: &Limits, with_stdin: bool) -> io::Result<Spawned> {
-    let mut cmd = tokio::process::Command::new(&launch.program);
-    cmd.args(&launch.args)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&launch.cwd)
-        .stdin(if with_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    let creds = launch.creds;
     // NPROC counts every process of the real uid; without a uid of its own the sandbox would
     // share the count with the engine's user (and root is exempt anyway).
-    let rlimits = rlimit_list(limits, creds.is_some());
-    let is_root = unsafe { libc::geteuid() } == 0;
-    // SAFETY: the closure only makes async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(move || prepare_child(&rlimits, creds, is_root));
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("child exited before it was tracked"))?
-        as i32;
+    let rlimits = rlimit_values(&rlimit_list(limits, launch.creds.is_some()))?;
+    let started = crate::spawn::start(&crate::spawn::Plan {
+        program: launch.program.as_os_str(),
+        args: &launch.args,
+        env: &launch.env,
+        cwd: launch.cwd.as_os_str(),
+        rlimits: &rlimits,
+        creds: launch.creds,
+        with_stdin,
+    })?;
     Ok(Spawned {
-        pgid: pid,
-        stdout: child.stdout.take().expect("piped stdout"),
-        stderr: child.stderr.take().expect("piped stderr"),
-        stdin: child.stdin.take(),
-        child,
+        pgid: started.child.id(),
+        child: started.child,
+        stdout: started.stdout,
+        stderr: started.stderr,
+        stdin: started.stdin,
     })
 }
 
@@ -266,16 +250,12 @@ fn rlimit_list(l: &Limits, own_uid: bool) -> Vec<(Rlimit, u64)> {
     v
 }
 
-fn prepare_child(
-    rlimits: &[(Rlimit, u64)],
-    creds: Option<(u32, u32)>,
-    is_root: bool,
-) -> io::Result<()> {
-    unsafe {
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for &(which, value) in rlimits {
+/// The `setrlimit` values for the child. An unprivileged engine cannot raise its hard limit:
+/// such values are clamped to it instead of failing.
+fn rlimit_values(list: &[(Rlimit, u64)]) -> io::Result<Vec<(libc::c_int, libc::rlim_t)>> {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    list.iter()
+        .map(|&(which, value)| {
             let res = match which {
                 Rlimit::Nproc => libc::RLIMIT_NPROC,
                 Rlimit::Fsize => libc::RLIMIT_FSIZE,
@@ -287,39 +267,17 @@ fn prepare_child(
                 rlim_cur: 0,
                 rlim_max: 0,
             };
-            if libc::getrlimit(res, &mut cur) != 0 {
+            // SAFETY: getrlimit fills `cur`.
+            if unsafe { libc::getrlimit(res, &mut cur) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // An unprivileged engine cannot raise its hard limit; clamp instead of failing.
-            let v = if is_root {
-                value as libc::rlim_t
-            } else {
-                (value as libc::rlim_t).min(cur.rlim_max)
-            };
-            let lim = libc::rlimit {
-                rlim_cur: v,
-                rlim_max: v,
-            };
-            if libc::setrlimit(res, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        if let Some((uid, gid)) = creds {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // After the uid change, which clears it: die with the engine (for bwrap this is its
-        // own --die-with-parent as well).
-        #[cfg(target_os = "linux")]
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+            let v = value as libc::rlim_t;
+            Ok((
+                res as libc::c_int,
+                if is_root { v } else { v.min(cur.rlim_max) },
+            ))
+        })
+        .collect()
 }
 
 /// Where a command's output goes.
