@@ -56,6 +56,9 @@ struct ChildArgs {
     rlimits: *const (libc::c_int, libc::rlim_t),
     rlimit_count: usize,
     creds: Option<(u32, u32)>,
+    /// Signals to reset to their default action: those with an engine handler, and SIGPIPE.
+    reset_signals: *const libc::c_int,
+    reset_count: usize,
 }
 
 const CHILD_STACK: usize = 64 << 10;
@@ -99,6 +102,7 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Started> {
     let (stderr_parent, stderr_child) = pipe_pair()?;
     let (report_read, report_write) = pipe_pair()?;
 
+    let reset_signals = signals_to_reset();
     let args = ChildArgs {
         program: program.as_ptr(),
         argv: argv.as_ptr(),
@@ -113,6 +117,8 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Started> {
         rlimits: plan.rlimits.as_ptr(),
         rlimit_count: plan.rlimits.len(),
         creds: plan.creds,
+        reset_signals: reset_signals.as_ptr(),
+        reset_count: reset_signals.len(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down: hand over its (16-byte aligned) top.
@@ -198,19 +204,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         };
         // Caught signals back to default (their handlers are the engine's); SIGPIPE too, which
         // the engine ignores but a command expects to die of.
-        for sig in 1..libc::SIGRTMAX() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-                && old.sa_sigaction != libc::SIG_DFL
-            {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for i in 0..a.reset_count {
+            libc::sigaction(*a.reset_signals.add(i), &dfl, std::ptr::null_mut());
         }
         for (target, &fd) in a.stdio.iter().enumerate() {
             let target = target as RawFd;
@@ -266,6 +263,22 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::syscall(libc::SYS_execve, a.program, a.argv, a.envp);
         fail(a.report)
     }
+}
+
+/// The signals the child must reset before exec, looked up here so that the child (which
+/// holds copies of all the engine's descriptors until it execs) does as little as possible.
+fn signals_to_reset() -> Vec<libc::c_int> {
+    (1..libc::SIGRTMAX())
+        .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+        .filter(|&sig| {
+            // SAFETY: queries the disposition only.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            let queried = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+            queried
+                && old.sa_sigaction != libc::SIG_DFL
+                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+        })
+        .collect()
 }
 
 /// A started child process: waited for through a pidfd, reaped exactly once.
