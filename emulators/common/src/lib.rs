@@ -457,3 +457,12 @@ mod tests {
         assert!(f.take("GET", "/a").is_none());
     }
 }
+
+/// Where `needle` first occurs in `hay` at or after `from` (multipart bodies of a MiB are
+/// searched for their boundary: a byte-by-byte compare was milliseconds of every upload).
+pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
+}

@@ -1,6 +1,8 @@
 //! Just enough `multipart/form-data` parsing for envd's `POST /files` (one part per file,
 //! `filename` carrying the destination path when no `path` query is given).
 
+use emulator_common::find;
+
 /// One part: its `filename` (if any) and its bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Part {
@@ -15,13 +17,6 @@ pub fn boundary(content_type: &str) -> Option<String> {
         k.eq_ignore_ascii_case("boundary")
             .then(|| v.trim_matches('"').to_string())
     })
-}
-
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    (from..=hay.len() - needle.len()).find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
 /// The parts of `body`, or `None` when it is not well-formed.

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use emulator_common::find;
 use serde_json::Value;
 
 use crate::state::ApiError;
@@ -152,16 +153,6 @@ pub(crate) fn multipart(content_type: &str, body: &[u8]) -> Result<Vec<Part>, Ap
         }
     }
     Ok(parts)
-}
-
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if from > hay.len() {
-        return None;
-    }
-    hay[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
 }
 
 #[cfg(test)]
