@@ -436,11 +436,13 @@ async fn compare(c: &Comparison, bin: &Path, py: &Path) -> anyhow::Result<()> {
             ratio(*cpu, sdk.1)
         );
     }
+    let floor = |r: &Round| r.2.own + r.2.commands;
     println!(
-        "   (emulator CPU: the emulator process; commands CPU: the commands it ran for that client, \
-         in 10 ms ticks. Both clients wait on both: a round cannot take less wall time than \
-         the commands' CPU, here {:.2}x the SDK's wall)",
-        ratio(sdk.2.commands, sdk.0)
+        "   (emulator CPU: the emulator process; commands CPU: the commands it ran for that client; \
+         10 ms ticks. A client waits on both, so its round cannot be shorter than their sum: \
+         for the host {:.2}x the SDK's wall, for the SDK {:.2}x)",
+        ratio(floor(&rows[1].1), sdk.0),
+        ratio(floor(&sdk), sdk.0)
     );
     Ok(())
 }

@@ -380,6 +380,15 @@ impl Drop for TempRoot {
     }
 }
 
+/// Where `needle` first occurs in `hay` at or after `from` (multipart bodies of a MiB are
+/// searched for their boundary: a byte-by-byte compare was milliseconds of every upload).
+pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,13 +465,4 @@ mod tests {
         assert!(f.take("GET", "/a").is_some());
         assert!(f.take("GET", "/a").is_none());
     }
-}
-
-/// Where `needle` first occurs in `hay` at or after `from` (multipart bodies of a MiB are
-/// searched for their boundary: a byte-by-byte compare was milliseconds of every upload).
-pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
 }
