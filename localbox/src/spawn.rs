@@ -149,12 +149,18 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Started> {
     // execve happened (the report pipe closed on exec) or failed (its errno arrives).
     drop((stdin_child, stdout_child, stderr_child, report_write));
     let mut errno = [0u8; 4];
-    let n = unsafe {
-        libc::read(
-            report_read.as_raw_fd(),
-            errno.as_mut_ptr().cast(),
-            errno.len(),
-        )
+    let n = loop {
+        // SAFETY: reads into our own buffer.
+        let n = unsafe {
+            libc::read(
+                report_read.as_raw_fd(),
+                errno.as_mut_ptr().cast(),
+                errno.len(),
+            )
+        };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
     };
     let child = ChildProcess::new(pid)?;
     if n == 4 {
