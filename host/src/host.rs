@@ -264,6 +264,15 @@ impl Host {
         &self.0.config
     }
 
+    /// How a call is retried: per the host's policy when it is idempotent, else never.
+    pub(crate) fn retry_policy(&self, idempotent: bool) -> RetryPolicy {
+        if idempotent {
+            self.0.retry.clone()
+        } else {
+            RetryPolicy::none()
+        }
+    }
+
     pub fn plugin_dirs(&self) -> &[PathBuf] {
         &self.0.plugin_dirs
     }

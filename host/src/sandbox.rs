@@ -21,7 +21,6 @@ use crate::host::{Host, RuntimeStatus};
 use crate::plugin::state::{CallState, OutputSink};
 use crate::plugin::CallFuture;
 use crate::registry::{now_ms, SessionRecord};
-use crate::retry::RetryPolicy;
 
 pub use crate::bindings::types::Sandbox as SandboxInfo;
 
@@ -71,11 +70,7 @@ impl Provider {
             + 'static,
     ) -> Result<R, Error> {
         let f = Arc::new(f);
-        let policy = if idempotent {
-            self.host.0.retry.clone()
-        } else {
-            RetryPolicy::none()
-        };
+        let policy = self.host.retry_policy(idempotent);
         policy
             .run(call, || async {
                 let plugin = self.host.plugin(&self.name)?;
@@ -242,11 +237,7 @@ impl Sandbox {
             + 'static,
     ) -> Result<R, Error> {
         let f = Arc::new(f);
-        let policy = if idempotent {
-            self.host.0.retry.clone()
-        } else {
-            RetryPolicy::none()
-        };
+        let policy = self.host.retry_policy(idempotent);
         let sink = Mutex::new(sink);
         let result = policy
             .run(call, || async {
