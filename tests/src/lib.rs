@@ -89,3 +89,16 @@ pub async fn host_with(plugins: &[&str], config_toml: &str) -> TestHost {
     );
     TestHost { host, home }
 }
+
+/// A host with only the `hostile` fixture plugin under `config_toml`, and a sandbox from it.
+pub async fn hostile_sandbox(config_toml: &str) -> (TestHost, sandbox_host::Sandbox) {
+    let t = host_with(&["hostile"], config_toml).await;
+    let sandbox = t
+        .host
+        .provider("hostile")
+        .unwrap()
+        .create(sandbox_host::types::Spec::default())
+        .await
+        .unwrap();
+    (t, sandbox)
+}

@@ -5,7 +5,7 @@ use sandbox_host::types::{ExecRequest, ExecResult, Spec};
 use sandbox_host::{Error, PluginFault, ProviderError};
 use sandbox_tests::example_server::{self, ExampleServer};
 use sandbox_tests::servers::TestServer;
-use sandbox_tests::{host_with, TestHost};
+use sandbox_tests::{host_with, hostile_sandbox, TestHost};
 
 const SECRET: &str = "s3cret-value-the-plugin-must-never-see";
 
@@ -146,18 +146,8 @@ async fn egress_outside_the_grant_is_denied_before_connecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_grants_do_not_reach_loopback() {
     let target = TestServer::start().await;
-    let t = host_with(
-        &["hostile"],
-        "[plugins.hostile]\nallow = [\"http://*:*\", \"https://*\"]\n",
-    )
-    .await;
-    let sandbox = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
+    let (_t, sandbox) =
+        hostile_sandbox("[plugins.hostile]\nallow = [\"http://*:*\", \"https://*\"]\n").await;
     for url in [
         target.url("/ok"),
         format!("http://localhost:{}/ok", target.addr.port()),
@@ -217,14 +207,7 @@ async fn a_plugin_may_set_authorization_where_no_secret_is_bound() {
         a = bound.addr.port(),
         b = other.addr.port()
     );
-    let t = host_with(&["hostile"], &config).await;
-    let sandbox = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
+    let (_t, sandbox) = hostile_sandbox(&config).await;
     for server in [&bound, &other] {
         sandbox
             .exec(ExecRequest::argv(["steal", &server.url("/ok")]), None)
@@ -317,14 +300,7 @@ async fn a_describe_that_never_returns_is_refused_at_load() {
 async fn a_call_the_caller_drops_is_ended_and_frees_its_slot() {
     use std::time::Duration;
     let config = "[plugins.hostile]\nlimits = { call_timeout_secs = 60, max_concurrent = 1 }\n";
-    let t = host_with(&["hostile"], config).await;
-    let sandbox = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
+    let (_t, sandbox) = hostile_sandbox(config).await;
     let hung = tokio::time::timeout(
         Duration::from_millis(300),
         sandbox.exec(ExecRequest::argv(["hang"]), None),

@@ -9,19 +9,7 @@ use sandbox_host::types::{ExecRequest, Spec};
 use sandbox_host::{Error, HostBuilder, ProviderError};
 use sandbox_tests::example_server;
 use sandbox_tests::servers::TestServer;
-use sandbox_tests::{host_with, workspace};
-
-async fn hostile_sandbox(config: &str) -> (sandbox_tests::TestHost, sandbox_host::Sandbox) {
-    let t = host_with(&["hostile"], config).await;
-    let s = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
-    (t, s)
-}
+use sandbox_tests::{host_with, hostile_sandbox, workspace};
 
 fn text(r: Result<sandbox_host::types::ExecResult, Error>) -> String {
     String::from_utf8(r.unwrap().stdout_tail).unwrap()

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sandbox_host::types::{ExecRequest, Spec};
-use sandbox_tests::host_with;
+use sandbox_host::types::ExecRequest;
+use sandbox_tests::hostile_sandbox;
 use sandbox_tests::servers::TestServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,14 +62,7 @@ async fn https_proxy_is_used_unless_no_proxy_excludes_the_host() {
     std::env::set_var("HTTPS_PROXY", format!("http://127.0.0.1:{proxy_port}"));
     std::env::remove_var("NO_PROXY");
     std::env::remove_var("no_proxy");
-    let t = host_with(&["hostile"], &config).await;
-    let sandbox = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
+    let (t, sandbox) = hostile_sandbox(&config).await;
     let out = sandbox
         .exec(ExecRequest::argv(["egress", &url]), None)
         .await
@@ -82,14 +75,7 @@ async fn https_proxy_is_used_unless_no_proxy_excludes_the_host() {
     drop(t);
 
     std::env::set_var("NO_PROXY", "localhost");
-    let t = host_with(&["hostile"], &config).await;
-    let sandbox = t
-        .host
-        .provider("hostile")
-        .unwrap()
-        .create(Spec::default())
-        .await
-        .unwrap();
+    let (_t, sandbox) = hostile_sandbox(&config).await;
     let out = sandbox
         .exec(ExecRequest::argv(["egress", &url]), None)
         .await
