@@ -210,8 +210,8 @@ pub(crate) fn spawn(launch: &Launch, limits: &Limits, with_stdin: bool) -> io::R
 fn spawn_here(launch: &Launch, limits: &Limits, with_stdin: bool) -> io::Result<Spawned> {
     // NPROC counts every process of the real uid; without a uid of its own the sandbox would
     // share the count with the engine's user (and root is exempt anyway).
-    let rlimits = rlimit_values(&rlimit_list(limits, launch.creds.is_some()))?;
-    let started = crate::spawn::start(&crate::spawn::Plan {
+    let rlimits = rlimits(limits, launch.creds.is_some())?;
+    crate::spawn::start(&crate::spawn::Plan {
         program: launch.program.as_os_str(),
         args: &launch.args,
         env: &launch.env,
@@ -219,50 +219,24 @@ fn spawn_here(launch: &Launch, limits: &Limits, with_stdin: bool) -> io::Result<
         rlimits: &rlimits,
         creds: launch.creds,
         with_stdin,
-    })?;
-    Ok(Spawned {
-        pgid: started.child.id(),
-        child: started.child,
-        stdout: started.stdout,
-        stderr: started.stderr,
-        stdin: started.stdin,
     })
 }
 
-#[derive(Clone, Copy)]
-enum Rlimit {
-    Nproc,
-    Fsize,
-    Nofile,
-    Cpu,
-    As,
-}
-
-fn rlimit_list(l: &Limits, own_uid: bool) -> Vec<(Rlimit, u64)> {
-    let mut v = Vec::new();
-    if own_uid {
-        v.extend(l.nproc.map(|n| (Rlimit::Nproc, n)));
-    }
-    v.extend(l.fsize_bytes.map(|n| (Rlimit::Fsize, n)));
-    v.extend(l.nofile.map(|n| (Rlimit::Nofile, n)));
-    v.extend(l.cpu_secs.map(|n| (Rlimit::Cpu, n)));
-    v.extend(l.address_space_bytes.map(|n| (Rlimit::As, n)));
-    v
-}
-
-/// The `setrlimit` values for the child. An unprivileged engine cannot raise its hard limit:
-/// such values are clamped to it instead of failing.
-fn rlimit_values(list: &[(Rlimit, u64)]) -> io::Result<Vec<(libc::c_int, libc::rlim_t)>> {
+/// The `(resource, value)` pairs to `setrlimit` in the child. An unprivileged engine cannot
+/// raise its hard limit: such values are clamped to it instead of failing.
+fn rlimits(l: &Limits, own_uid: bool) -> io::Result<Vec<(libc::c_int, libc::rlim_t)>> {
+    let wanted = [
+        (libc::RLIMIT_NPROC, l.nproc.filter(|_| own_uid)),
+        (libc::RLIMIT_FSIZE, l.fsize_bytes),
+        (libc::RLIMIT_NOFILE, l.nofile),
+        (libc::RLIMIT_CPU, l.cpu_secs),
+        (libc::RLIMIT_AS, l.address_space_bytes),
+    ];
     let is_root = unsafe { libc::geteuid() } == 0;
-    list.iter()
-        .map(|&(which, value)| {
-            let res = match which {
-                Rlimit::Nproc => libc::RLIMIT_NPROC,
-                Rlimit::Fsize => libc::RLIMIT_FSIZE,
-                Rlimit::Nofile => libc::RLIMIT_NOFILE,
-                Rlimit::Cpu => libc::RLIMIT_CPU,
-                Rlimit::As => libc::RLIMIT_AS,
-            };
+    wanted
+        .into_iter()
+        .filter_map(|(res, value)| Some((res, value? as libc::rlim_t)))
+        .map(|(res, v)| {
             let mut cur = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
@@ -271,11 +245,8 @@ fn rlimit_values(list: &[(Rlimit, u64)]) -> io::Result<Vec<(libc::c_int, libc::r
             if unsafe { libc::getrlimit(res, &mut cur) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let v = value as libc::rlim_t;
-            Ok((
-                res as libc::c_int,
-                if is_root { v } else { v.min(cur.rlim_max) },
-            ))
+            let v = if is_root { v } else { v.min(cur.rlim_max) };
+            Ok((res as libc::c_int, v))
         })
         .collect()
 }

@@ -21,6 +21,8 @@ use std::process::ExitStatus;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
+use crate::process::Spawned;
+
 /// What the child does before `execve`, all prepared by the parent.
 pub(crate) struct Plan<'a> {
     pub program: &'a OsStr,
@@ -32,14 +34,6 @@ pub(crate) struct Plan<'a> {
     /// `(uid, gid)` to switch to, supplementary groups dropped.
     pub creds: Option<(u32, u32)>,
     pub with_stdin: bool,
-}
-
-/// A started command: its pid (= its process group and session id) and its pipes.
-pub(crate) struct Started {
-    pub child: ChildProcess,
-    pub stdin: Option<pipe::Sender>,
-    pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
 }
 
 /// The raw pieces the child reads. Pointers point into the parent's `CString`s, alive (and
@@ -63,7 +57,7 @@ struct ChildArgs {
 
 const CHILD_STACK: usize = 64 << 10;
 
-pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Started> {
+pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Spawned> {
     let cstr = |s: &OsStr| {
         CString::new(s.as_bytes()).map_err(|_| io::Error::other("argument contains a NUL byte"))
     };
@@ -168,7 +162,9 @@ pub(crate) fn start(plan: &Plan<'_>) -> io::Result<Started> {
         child.reap_blocking();
         return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
     }
-    Ok(Started {
+    Ok(Spawned {
+        // Its own session leader, so its process group id is its pid.
+        pgid: pid,
         child,
         stdin: stdin_parent
             .map(|fd| nonblocking(fd).and_then(pipe::Sender::from_owned_fd))
@@ -315,10 +311,6 @@ impl ChildProcess {
         })
     }
 
-    pub fn id(&self) -> i32 {
-        self.pid
-    }
-
     /// The exit status, once the process ended (reaping it).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(s) = self.status {
@@ -443,7 +435,7 @@ mod tests {
         s.stdout.read_to_string(&mut out).await.unwrap();
         let status = s.child.wait().await.unwrap();
         (
-            s.child.id(),
+            s.pgid,
             format!("{out}|{}", status.code().unwrap_or(-1)),
             Ok(()),
         )
