@@ -449,29 +449,7 @@ async fn call_cpu() {
                 vec!["egress".into(), format!("{url}/health")],
             ),
         ] {
-            let n: u32 = std::env::var("BENCH_CALLS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(500);
-            for _ in 0..50 {
-                sandbox
-                    .exec(ExecRequest::argv(argv.clone()), None)
-                    .await
-                    .unwrap();
-            }
-            let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
-            for _ in 0..n {
-                sandbox
-                    .exec(ExecRequest::argv(argv.clone()), None)
-                    .await
-                    .unwrap();
-            }
-            let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
-            println!(
-                "pooling={pooling:<5} {name:<22} wall {:7.1} µs  CPU {:7.1} µs",
-                us(w),
-                us(cpu)
-            );
+            per_call(pooling, name, 50, 500, &sandbox, argv).await;
         }
         // A real provider call: the e2b plugin's exec (one streamed Connect-RPC POST) of `true`
         // in the emulator, whose own work (spawning the command) is not in this process.
@@ -489,26 +467,39 @@ async fn call_cpu() {
             .create(Spec::default())
             .await
             .unwrap();
-        let n = std::env::var("BENCH_CALLS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200u32);
-        let exec = || sandbox.exec(ExecRequest::argv(vec!["true".to_string()]), None);
-        for _ in 0..20 {
-            exec().await.unwrap();
-        }
-        let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
-        for _ in 0..n {
-            assert_eq!(exec().await.unwrap().exit_code, 0);
-        }
-        let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
-        println!(
-            "pooling={pooling:<5} {:<22} wall {:7.1} µs  CPU {:7.1} µs",
-            "e2b exec (1 streamed POST)",
-            us(w),
-            us(cpu)
-        );
+        let name = "e2b exec (1 streamed POST)";
+        per_call(pooling, name, 20, 200, &sandbox, vec!["true".into()]).await;
         sandbox.destroy().await.unwrap();
     }
     drop(emu);
+}
+
+/// Wall and CPU time per sequential `exec` of `argv` (after `warm` unmeasured ones); `calls`
+/// timed ones unless `BENCH_CALLS` says otherwise.
+async fn per_call(
+    pooling: bool,
+    name: &str,
+    warm: u32,
+    calls: u32,
+    sandbox: &sandbox_host::Sandbox,
+    argv: Vec<String>,
+) {
+    let n: u32 = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(calls);
+    let exec = || sandbox.exec(ExecRequest::argv(argv.clone()), None);
+    for _ in 0..warm {
+        exec().await.unwrap();
+    }
+    let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
+    for _ in 0..n {
+        assert_eq!(exec().await.unwrap().exit_code, 0, "{name}");
+    }
+    let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
+    println!(
+        "pooling={pooling:<5} {name:<26} wall {:7.1} µs  CPU {:7.1} µs",
+        us(w),
+        us(cpu)
+    );
 }

@@ -20,6 +20,7 @@
 //! [`error_from_status`](crate::error::error_from_status) (see [`Response::error_for_status`]),
 //! a transport failure through [`error_from_code`].
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -35,8 +36,6 @@ use crate::error::{
     unavailable, Result,
 };
 use crate::types::Error;
-use std::rc::Rc;
-
 use crate::util::{self, LineSplitter};
 
 pub use crate::bindings::wasi::http::types::Method;
