@@ -2,7 +2,8 @@
 //! streamed stdout, write + read a 1 MiB file, destroy) through sandbox-host + the provider's
 //! plugin (library API, this process) and through the official Python SDK (one Python process),
 //! both against the provider's emulator running as its own process with isolation `none`, in
-//! the same run. Both sides warm up with one round, then run [`ROUNDS`] timed rounds; process
+//! the same run. Every side (our host on a 2-worker and on a current-thread runtime, the SDK)
+//! warms up with one round, then they take turns for [`ROUNDS`] timed rounds each; process
 //! start-up and imports are outside the measurement. Printed: mean wall time and the client
 //! process's CPU time per round (ours: `getrusage`, every thread; theirs: `time.process_time()`),
 //! the emulator's CPU per round (its process and the commands it ran: work both clients wait
@@ -60,6 +61,7 @@ DATA = bytes((i * 7 + 3) % 256 for i in range(SIZE))
 scenario()  # warm-up: connections, lazy imports
 print("warm", flush=True)
 for _ in range(ROUNDS):
+    sys.stdin.readline()  # the bench's turn signal: the sides alternate round by round
     w, c = time.perf_counter(), time.process_time()
     scenario()
     print(time.perf_counter() - w, time.process_time() - c, flush=True)
@@ -152,6 +154,13 @@ struct EmuCpu {
 }
 
 impl EmuCpu {
+    fn plus(self, other: EmuCpu) -> EmuCpu {
+        EmuCpu {
+            own: self.own + other.own,
+            commands: self.commands + other.commands,
+        }
+    }
+
     /// Used between `earlier` and now, per round.
     fn since(self, earlier: EmuCpu, rounds: u32) -> EmuCpu {
         EmuCpu {
@@ -200,8 +209,8 @@ impl Drop for EmulatorProcess {
 
 /// The scenario on our side: create, 20 × `echo`, write and read 1 MiB, destroy.
 /// `BENCH_STEPS=1` prints how long each step took (to find where a round's time goes).
-async fn scenario(provider: &Provider, data: &[u8]) -> anyhow::Result<()> {
-    let mut steps = Steps::new();
+async fn scenario(side: &str, provider: &Provider, data: &[u8]) -> anyhow::Result<()> {
+    let mut steps = Steps::new(side);
     let sandbox = provider.create(Spec::default()).await?;
     steps.mark("create");
     for i in 0..EXECS {
@@ -237,14 +246,16 @@ async fn scenario(provider: &Provider, data: &[u8]) -> anyhow::Result<()> {
 /// Per-step wall times of one round, kept only when `BENCH_STEPS` is set.
 struct Steps {
     on: bool,
+    side: String,
     last: (Instant, Duration),
     took: Vec<(&'static str, Duration, Duration)>,
 }
 
 impl Steps {
-    fn new() -> Steps {
+    fn new(side: &str) -> Steps {
         Steps {
             on: std::env::var_os("BENCH_STEPS").is_some(),
+            side: side.to_string(),
             last: (Instant::now(), process_cpu()),
             took: Vec::new(),
         }
@@ -263,7 +274,7 @@ impl Steps {
         if !self.on {
             return;
         }
-        let mut line = String::from("    steps:");
+        let mut line = format!("    {} steps:", self.side);
         let mut names: Vec<&str> = self.took.iter().map(|(n, ..)| *n).collect();
         names.dedup();
         for name in names {
@@ -291,28 +302,118 @@ fn ms(d: Duration) -> f64 {
 /// Means per round: wall time, the client's CPU, the emulator's CPU (with its commands).
 type Round = (Duration, Duration, EmuCpu);
 
-/// Means per round on our side (a host with the default engine options).
-async fn ours(c: &Comparison, url: &str, emu_pid: u32) -> anyhow::Result<Round> {
-    let data: Vec<u8> = (0..FILE_BYTES).map(|i| (i * 7 + 3) as u8).collect();
-    let home = tempfile::tempdir()?;
-    let host = crate::host(&[c.provider], &(c.host_config)(url), true, home.path()).await;
-    let provider = host.provider(c.provider)?;
-    scenario(&provider, &data).await?;
-    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-    let emu_cpu = emulator_cpu(emu_pid);
-    for _ in 0..rounds() {
-        let (w, cpu) = (Instant::now(), process_cpu());
-        scenario(&provider, &data).await?;
-        walls.push(w.elapsed());
-        cpus.push(process_cpu().saturating_sub(cpu));
-    }
-    let emu_cpu = emulator_cpu(emu_pid).since(emu_cpu, rounds() as u32);
-    Ok((mean(&walls), mean(&cpus), emu_cpu))
+/// What one timed round of a side reports: its wall time and its client's CPU time.
+type Timed = anyhow::Result<(Duration, Duration)>;
+
+/// One side of the comparison on a thread of its own, warmed up and waiting to be told to run
+/// a round: the sides take turns round by round, so that a slow phase of this shared machine
+/// lands on all of them instead of on whichever side happened to be running.
+struct Side {
+    name: &'static str,
+    go: std::sync::mpsc::Sender<()>,
+    done: std::sync::mpsc::Receiver<Timed>,
+    emu_pid: u32,
+    walls: Vec<Duration>,
+    cpus: Vec<Duration>,
+    emu: EmuCpu,
 }
 
-/// Means per round on the official SDK's side (its rounds timed inside Python; the emulator's
-/// CPU sampled as each round's line arrives).
-async fn theirs(c: &Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<Round> {
+impl Side {
+    /// Starts `body` on its own thread; it first warms up (and sends `Ok` or why not), then
+    /// times one round per `()` it receives.
+    fn start(
+        name: &'static str,
+        emu_pid: u32,
+        body: impl FnOnce(std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<Timed>)
+            + Send
+            + 'static,
+    ) -> anyhow::Result<Side> {
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("bench {name}"))
+            .spawn(move || body(go_rx, done_tx))?;
+        let side = Side {
+            name,
+            go,
+            done,
+            emu_pid,
+            walls: Vec::new(),
+            cpus: Vec::new(),
+            emu: EmuCpu::default(),
+        };
+        side.wait().map_err(|e| e.context(format!("{name}: warm-up")))?;
+        Ok(side)
+    }
+
+    fn wait(&self) -> Timed {
+        self.done
+            .recv()
+            .map_err(|_| anyhow::anyhow!("{}: the side's thread ended", self.name))?
+    }
+
+    /// Times one round, with the emulator's CPU over it.
+    fn round(&mut self) -> anyhow::Result<()> {
+        let emu_before = emulator_cpu(self.emu_pid);
+        self.go
+            .send(())
+            .map_err(|_| anyhow::anyhow!("{}: the side's thread ended", self.name))?;
+        let (wall, cpu) = self.wait()?;
+        self.emu = self.emu.plus(emulator_cpu(self.emu_pid).since(emu_before, 1));
+        self.walls.push(wall);
+        self.cpus.push(cpu);
+        Ok(())
+    }
+
+    fn means(&self) -> Round {
+        let n = self.walls.len().max(1) as u32;
+        let emu = EmuCpu {
+            own: self.emu.own / n,
+            commands: self.emu.commands / n,
+        };
+        (mean(&self.walls), mean(&self.cpus), emu)
+    }
+}
+
+/// Our side: a host with the default engine options on a runtime built by `runtime`, this
+/// process's CPU time per round.
+fn ours(
+    name: &'static str,
+    c: Comparison,
+    url: String,
+    emu_pid: u32,
+    runtime: fn() -> std::io::Result<tokio::runtime::Runtime>,
+) -> anyhow::Result<Side> {
+    Side::start(name, emu_pid, move |go, done| {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return drop(done.send(Err(e.into()))),
+        };
+        rt.block_on(async move {
+            let data: Vec<u8> = (0..FILE_BYTES).map(|i| (i * 7 + 3) as u8).collect();
+            let home = tempfile::tempdir().unwrap();
+            let host = crate::host(&[c.provider], &(c.host_config)(&url), true, home.path()).await;
+            let provider = match host.provider(c.provider) {
+                Ok(p) => p,
+                Err(e) => return drop(done.send(Err(e.into()))),
+            };
+            let warm = scenario(name, &provider, &data).await;
+            let _ = done.send(warm.map(|()| Default::default()));
+            while go.recv().is_ok() {
+                let (w, cpu) = (Instant::now(), process_cpu());
+                let r = scenario(name, &provider, &data).await;
+                let timed = (w.elapsed(), process_cpu().saturating_sub(cpu));
+                if done.send(r.map(|()| timed)).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+}
+
+/// The official SDK's side: one Python process that warms up, then runs a round per line on
+/// its stdin and prints its wall and CPU time (timed inside Python).
+fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<Side> {
     let home = tempfile::tempdir()?;
     let script = format!("{}{}{}", SDK_HARNESS.0, c.sdk_code, SDK_HARNESS.1);
     let mut cmd = Command::new(py);
@@ -320,47 +421,57 @@ async fn theirs(c: &Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::R
         .args([rounds(), EXECS, FILE_BYTES].map(|n| n.to_string()))
         .env("HOME", home.path())
         .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in (c.sdk_env)(url, home.path()) {
         cmd.env(k, v);
     }
-    let (walls, cpus, emu_cpu, status, stderr) = tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn()?;
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        let mut emu_start = None;
-        let mut emu_end = EmuCpu::default();
-        for line in stdout.lines() {
-            let line = line?;
-            if line == "warm" {
-                emu_start = Some(emulator_cpu(emu_pid));
-                continue;
+    let mut child = cmd.spawn()?;
+    Side::start("official SDK", emu_pid, move |go, done| {
+        let _home = home;
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        // The SDK's failure, with what Python printed on stderr (once it has ended).
+        let failed = |child: &mut Child, what: String| {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
             }
-            let f: Vec<f64> = line
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if let [wall, cpu] = f[..] {
-                emu_end = emulator_cpu(emu_pid);
-                walls.push(Duration::from_secs_f64(wall));
-                cpus.push(Duration::from_secs_f64(cpu));
+            let _ = child.wait();
+            anyhow::anyhow!("the SDK scenario failed ({what}): {stderr}")
+        };
+        match lines.next() {
+            Some(Ok(l)) if l == "warm" => {
+                let _ = done.send(Ok(Default::default()));
+            }
+            other => {
+                let _ = done.send(Err(failed(&mut child, format!("{other:?} before `warm`"))));
+                return;
             }
         }
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
-        let status = child.wait()?;
-        let emu_cpu = emu_end.since(emu_start.unwrap_or(emu_end), rounds() as u32);
-        anyhow::Ok((walls, cpus, emu_cpu, status, stderr))
+        while go.recv().is_ok() {
+            let line = std::io::Write::write_all(&mut stdin, b"go\n")
+                .and_then(|()| std::io::Write::flush(&mut stdin))
+                .ok()
+                .and_then(|()| lines.next())
+                .and_then(|l| l.ok());
+            let timed: Option<Vec<f64>> = line
+                .as_deref()
+                .map(|l| l.split_whitespace().filter_map(|x| x.parse().ok()).collect());
+            let timed = match timed.as_deref() {
+                Some(&[wall, cpu]) => Ok((Duration::from_secs_f64(wall), Duration::from_secs_f64(cpu))),
+                _ => Err(failed(&mut child, format!("a round printed {line:?}"))),
+            };
+            let failed = timed.is_err();
+            if done.send(timed).is_err() || failed {
+                return;
+            }
+        }
+        drop(stdin);
+        let _ = child.wait();
     })
-    .await??;
-    anyhow::ensure!(status.success(), "the SDK scenario failed: {stderr}");
-    anyhow::ensure!(
-        walls.len() == rounds(),
-        "the SDK scenario printed {} rounds",
-        walls.len()
-    );
-    Ok((mean(&walls), mean(&cpus), emu_cpu))
 }
 
 /// Runs and prints one provider's comparison; a missing emulator or venv is reported, not fatal.
@@ -383,37 +494,51 @@ pub async fn run(c: Comparison) {
     }
 }
 
-async fn compare(c: &Comparison, bin: &Path, py: &Path) -> anyhow::Result<()> {
-    // One emulator per side, so that neither inherits the other's sandboxes.
+/// Starts the sides (our host on a 2-worker and on a current-thread runtime; the SDK unless
+/// `BENCH_ONLY_OURS`), each warmed up, then times their rounds in turn; their means.
+fn take_turns(c: Comparison, bin: &Path, py: &Path) -> anyhow::Result<Vec<(&'static str, Round)>> {
+    // One emulator per client, so that neither inherits the other's sandboxes.
     let emu = EmulatorProcess::start(bin, c.provider)?;
     let pid = emu.child.id();
-    let multi = ours(c, &emu.url, pid).await?;
-    // The same host on a current-thread runtime of its own (how a single-threaded embedder or
-    // the CLI drives it): calls run in place, no hand-over to the host's call threads.
-    let single = {
-        let url = emu.url.clone();
-        let c = *c;
-        std::thread::spawn(move || {
+    let mut sides = vec![
+        ours("host, 2-worker runtime", c, emu.url.clone(), pid, || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        })?,
+        // How a single-threaded embedder or the CLI drives the host: calls run in place, no
+        // hand-over to the host's call threads.
+        ours("host, current-thread runtime", c, emu.url.clone(), pid, || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?
-                .block_on(ours(&c, &url, pid))
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the current-thread run panicked"))??
-    };
-    drop(emu);
-    let mut rows = vec![
-        ("host, 2-worker runtime", multi),
-        ("host, current-thread runtime", single),
+                .build()
+        })?,
     ];
-    if std::env::var_os("BENCH_ONLY_OURS").is_none() {
-        let emu = EmulatorProcess::start(bin, c.provider)?;
-        rows.push((
-            "official SDK",
-            theirs(c, py, &emu.url, emu.child.id()).await?,
-        ));
+    let sdk_emu = match std::env::var_os("BENCH_ONLY_OURS") {
+        Some(_) => None,
+        None => {
+            let sdk_emu = EmulatorProcess::start(bin, c.provider)?;
+            sides.push(theirs(c, py, &sdk_emu.url, sdk_emu.child.id())?);
+            Some(sdk_emu)
+        }
+    };
+    // Each round starts with the next side, so that no side always follows the same one.
+    for round in 0..rounds() {
+        for k in 0..sides.len() {
+            let n = sides.len();
+            sides[(round + k) % n].round()?;
+        }
     }
+    let rows = sides.iter().map(|s| (s.name, s.means())).collect();
+    drop(sides);
+    drop((emu, sdk_emu));
+    Ok(rows)
+}
+
+async fn compare(c: &Comparison, bin: &Path, py: &Path) -> anyhow::Result<()> {
+    let (c, bin, py) = (*c, bin.to_path_buf(), py.to_path_buf());
+    let rows = tokio::task::spawn_blocking(move || take_turns(c, &bin, &py)).await??;
     println!(
         "   {:<30} {:>10} {:>12} {:>14} {:>14}",
         "", "wall", "client CPU", "emulator CPU", "commands CPU"
