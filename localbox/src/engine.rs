@@ -18,6 +18,7 @@ use crate::files::{self, FileStat};
 use crate::isolation::{validate_env, Isolator, SandboxMounts};
 use crate::process::{
     self, ChannelSink, ExecEvent, ExecOutput, ExecRequest, ExecStream, Launch, Spawned,
+    StdinPipe,
 };
 use crate::sandbox::{
     check_traversable, make_layout, now_ms, Sandbox, SandboxInfo, SandboxRecord, SandboxSpec,
@@ -355,10 +356,42 @@ impl Engine {
 
     /// Runs a command and streams its output. Dropping the returned stream kills the command.
     pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream> {
+        Ok(self.start_stream(id, req, false)?.0)
+    }
+
+    /// Like [`exec_stream`](Self::exec_stream), with the command's stdin a pipe the caller
+    /// writes while it runs (dropping the writer is EOF), for stdin that arrives over time.
+    /// `req.stdin` must be `None`.
+    pub async fn exec_stream_with_stdin(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<(ExecStream, StdinPipe)> {
+        if req.stdin.is_some() {
+            return Err(Error::invalid(
+                "stdin bytes and a stdin pipe are exclusive",
+            ));
+        }
+        let (stream, pipe) = self.start_stream(id, req, true)?;
+        Ok((stream, pipe.expect("a pipe was asked for")))
+    }
+
+    fn start_stream(
+        &self,
+        id: &str,
+        req: ExecRequest,
+        live_stdin: bool,
+    ) -> Result<(ExecStream, Option<StdinPipe>)> {
         self.touch();
         let sandbox = self.sandbox(id)?;
         let launch = self.prepare(&sandbox, &req)?;
-        let spawned = self.spawn_tracked(&sandbox, &launch, req.stdin.is_some(), |_, _| {})?;
+        let with_stdin = live_stdin || req.stdin.is_some();
+        let mut spawned = self.spawn_tracked(&sandbox, &launch, with_stdin, |_, _| {})?;
+        let pipe = if live_stdin {
+            spawned.stdin.take()
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(16);
         let timeout = req.timeout;
         let stdin = req.stdin;
@@ -372,7 +405,7 @@ impl Engine {
             .await;
             let _ = sink.0.send(ExecEvent::Exit(out)).await;
         });
-        Ok(ExecStream { rx })
+        Ok((ExecStream { rx }, pipe))
     }
 
     /// Runs a command to its end and returns its exit code and output tails.

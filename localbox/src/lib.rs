@@ -42,7 +42,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use files::{FileKind, FileStat};
 pub use isolation::find_bwrap;
 pub use process::{
-    CommandSpec, ExecEvent, ExecOutput, ExecRequest, ExecStream, Stream, TAIL_BYTES,
+    CommandSpec, ExecEvent, ExecOutput, ExecRequest, ExecStream, StdinPipe, Stream, TAIL_BYTES,
     TIMEOUT_EXIT_CODE,
 };
 pub use sandbox::{SandboxInfo, SandboxSpec, SandboxState};

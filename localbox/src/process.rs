@@ -149,13 +149,16 @@ pub(crate) struct Launch {
     pub bwrap: bool,
 }
 
+/// The writing end of a running command's stdin (see `Engine::exec_stream_with_stdin`).
+pub type StdinPipe = tokio::net::unix::pipe::Sender;
+
 /// A spawned command: its own session and process group (pgid = pid).
 pub(crate) struct Spawned {
     pub child: crate::spawn::ChildProcess,
     pub pgid: i32,
     pub stdout: tokio::net::unix::pipe::Receiver,
     pub stderr: tokio::net::unix::pipe::Receiver,
-    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub stdin: Option<StdinPipe>,
 }
 
 /// Spawns `launch` from the process-wide spawner thread.

@@ -239,6 +239,43 @@ async fn exec_stdin() {
 }
 
 #[tokio::test]
+async fn live_stdin_reaches_the_running_command_and_dropping_it_is_eof() {
+    use tokio::io::AsyncWriteExt;
+    let (engine, _dir) = engine();
+    let id = new_sandbox(&engine).await;
+    // Each line is answered before the next is written: the command really reads as it runs.
+    let (mut stream, mut stdin) = engine
+        .exec_stream_with_stdin(
+            &id,
+            ExecRequest::shell("while read -r l; do echo \"got $l\"; done; echo eof"),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for line in ["one", "two"] {
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let want = format!("got {line}\n");
+        while !out.ends_with(want.as_bytes()) {
+            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                Ok(Some(ExecEvent::Output(_, b))) => out.extend_from_slice(&b),
+                other => panic!("waiting for {want:?} after {out:?}: {other:?}"),
+            }
+        }
+    }
+    drop(stdin);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.finish())
+        .await
+        .expect("the command ends at EOF");
+    assert_eq!(end.exit_code, 0);
+    assert!(end.stdout_tail.ends_with(b"got two\neof\n"), "{end:?}");
+    // Bytes up front and a live pipe are one or the other.
+    let mut req = ExecRequest::argv(["cat"]);
+    req.stdin = Some(b"x".to_vec());
+    let err = engine.exec_stream_with_stdin(&id, req).await.err().unwrap();
+    assert_eq!(err.code, localbox::ErrorCode::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test]
 async fn waiting_for_background_output_returns_on_output_and_on_exit() {
     let (engine, _dir) = engine();
     let id = new_sandbox(&engine).await;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::fs_tools;
 use crate::grpc::{self, code, decode_one, split_frames, unary, GrpcResult, Status};
 use crate::proto::task_command_router as pb;
-use crate::state::{parse_jwt, Emu, SandboxRec};
+use crate::state::{parse_jwt, Emu};
 
 /// The in-sandbox helper the SDK's `sandbox.filesystem` execs.
 pub const FS_TOOLS: &str = "/__modal/.bin/modal-sandbox-fs-tools";
@@ -27,8 +27,8 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Where a command's stdin goes.
 pub enum StdinSink {
-    /// A FIFO the command reads (host path, removed when the command ends).
-    Fifo(tokio::net::unix::pipe::Sender, std::path::PathBuf),
+    /// The command's stdin pipe (dropping it is EOF).
+    Pipe(localbox::StdinPipe),
     /// Collected for a native fs-tools op, which runs at EOF.
     Buffer(Vec<u8>),
     Closed,
@@ -362,7 +362,7 @@ async fn stdin_write(
     let data = &data[skip..];
     if !data.is_empty() {
         match &mut *sink {
-            StdinSink::Fifo(pipe, _) => {
+            StdinSink::Pipe(pipe) => {
                 if pipe.write_all(data).await.is_err() {
                     return Err(Status::new(
                         code::FAILED_PRECONDITION,
@@ -378,13 +378,6 @@ async fn stdin_write(
         exec.state.lock().unwrap().stdin_written += data.len() as u64;
     }
     if eof {
-        if let StdinSink::Fifo(_, path) = &*sink {
-            // Closing before the command opened the FIFO would drop what is buffered in it.
-            let exited = async {
-                wait_exit(exec, Duration::MAX).await;
-            };
-            crate::created::wait(&opened_marker(path), exited).await;
-        }
         let previous = std::mem::replace(&mut *sink, StdinSink::Closed);
         exec.state.lock().unwrap().stdin_closed = true;
         if let StdinSink::Buffer(buf) = previous {
@@ -444,22 +437,8 @@ async fn exec_start(
             None => {}
         }
     }
-    let (fifo_host, fifo_view) = fifo_paths(emu, &sb, &r.exec_id);
-    make_fifo(&fifo_host).map_err(|e| Status::internal(format!("stdin fifo: {e}")))?;
-    let pipe = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(&fifo_host)
-        .map_err(|e| Status::internal(format!("stdin fifo: {e}")))?;
-    // Stdin from the FIFO, a marker saying it is open (data written before that would be lost
-    // when the emulator closes its end at EOF), then the command itself.
-    let mut argv = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        format!("exec <'{fifo_view}' && : >'{fifo_view}.open' && exec \"$0\" \"$@\""),
-    ];
-    argv.extend(r.command_args);
     let req = localbox::ExecRequest {
-        command: localbox::CommandSpec::Argv(argv),
+        command: localbox::CommandSpec::Argv(r.command_args),
         cwd: r.workdir,
         env,
         timeout: r
@@ -468,14 +447,8 @@ async fn exec_start(
             .map(|s| Duration::from_secs(s as u64)),
         stdin: None,
     };
-    let mut stream = match emu.engine.exec_stream(&sb.lb_id, req).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&fifo_host);
-            return Err(e.into());
-        }
-    };
-    let exec = Exec::new(&r.task_id, StdinSink::Fifo(pipe, fifo_host.clone()));
+    let (mut stream, stdin) = emu.engine.exec_stream_with_stdin(&sb.lb_id, req).await?;
+    let exec = Exec::new(&r.task_id, StdinSink::Pipe(stdin));
     emu.execs.lock().unwrap().insert(r.exec_id, exec.clone());
     tokio::spawn(async move {
         let code = loop {
@@ -492,44 +465,8 @@ async fn exec_start(
             }
         };
         *exec.stdin.lock().await = StdinSink::Closed;
-        let _ = std::fs::remove_file(&fifo_host);
-        let _ = std::fs::remove_file(opened_marker(&fifo_host));
         exec.finish(code);
     });
     Ok(pb::TaskExecStartResponse {})
 }
 
-/// The stdin FIFO of an exec: its host path and the path the command sees.
-fn fifo_paths(emu: &Emu, sb: &SandboxRec, exec_id: &str) -> (std::path::PathBuf, String) {
-    let safe: String = exec_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    let name = format!(".modal-stdin-{safe}");
-    let tmp = emu.engine.config().root_dir.join(&sb.lb_id).join("tmp");
-    let host = tmp.join(&name);
-    let view = match emu.engine.config().isolation {
-        localbox::Isolation::None => host.to_string_lossy().into_owned(),
-        _ => format!("/tmp/{name}"),
-    };
-    (host, view)
-}
-
-/// The file the command's wrapper creates once it opened its stdin FIFO.
-fn opened_marker(fifo: &std::path::Path) -> std::path::PathBuf {
-    let mut name = fifo.as_os_str().to_owned();
-    name.push(".open");
-    std::path::PathBuf::from(name)
-}
-
-fn make_fifo(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::PermissionsExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The command may run as the sandbox's own uid.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-}

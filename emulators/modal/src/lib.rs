@@ -16,7 +16,6 @@
 //! middle of a message, router JWT revocation).
 
 pub mod control;
-mod created;
 pub mod exec;
 pub mod fs_tools;
 pub mod grpc;
