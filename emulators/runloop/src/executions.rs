@@ -3,8 +3,7 @@
 //!
 //! A command runs as `bash -c` in localbox (the devbox's home is its workdir). Its output is
 //! kept whole per stream, so a stream can be replayed from any byte offset. `attach_stdin`
-//! gives the command a FIFO in the devbox's `/tmp` as stdin, held open by a background
-//! `sleep` until `send_std_in {"signal":"EOF"}` kills it.
+//! gives the command a stdin pipe that `send_std_in` writes and `{"signal":"EOF"}` closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use axum::response::Response;
 use axum::Json;
 use localbox::{ExecEvent, ExecRequest, Stream};
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 use serde_json::{json, Value};
 
 use crate::devboxes::{hold, touch};
@@ -30,10 +30,6 @@ const DEFAULT_LAST_N: usize = 100;
 /// A command line as localbox runs it.
 pub(crate) fn shell(command: &str) -> ExecRequest {
     ExecRequest::argv(["bash", "-c", command])
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[derive(Deserialize)]
@@ -68,38 +64,22 @@ async fn start(
 ) -> Result<Arc<Execution>, ApiError> {
     let sandbox = emu.with_devbox(devbox, |d| d.running_sandbox())?;
     touch(emu, devbox);
-    let engine = emu.opts.engine.clone();
-    let fifo =
-        attach_stdin.then(|| format!("/tmp/.runloop-stdin-{}", uuid::Uuid::new_v4().simple()));
-    let (exe, kill_rx) = Execution::new(devbox, command, fifo.clone());
-    let mut script = command.to_string();
-    if let Some(f) = &fifo {
-        let made = engine
-            .exec(&sandbox, shell(&format!("mkfifo {}", quote(f))))
+    let engine = &emu.opts.engine;
+    let (mut stream, stdin) = if attach_stdin {
+        let (stream, stdin) = engine
+            .exec_stream_with_stdin(&sandbox, shell(command))
             .await?;
-        if made.exit_code != 0 {
-            return Err(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "could not make the stdin pipe",
-            ));
-        }
-        // The holder keeps a writer open so the command sees EOF only when it is killed.
-        let holder = engine
-            .start_process(
-                &sandbox,
-                shell(&format!("exec 3>{}; exec sleep 2147483647", quote(f))),
-            )
-            .await?;
-        *exe.stdin_holder.lock().unwrap() = Some(holder.pid);
-        script = format!("exec 0<{}\n{command}", quote(f));
-    }
-    let mut stream = engine.exec_stream(&sandbox, shell(&script)).await?;
+        (stream, Some(stdin))
+    } else {
+        (engine.exec_stream(&sandbox, shell(command)).await?, None)
+    };
+    let (exe, kill_rx) = Execution::new(devbox, command, stdin);
     emu.with_devbox(devbox, |d| {
         d.executions.insert(exe.id.clone(), exe.clone());
         d.execution_order.push(exe.id.clone());
         Ok(())
     })?;
-    let (run, emu2, sandbox2) = (exe.clone(), emu.clone(), sandbox.clone());
+    let (run, emu2) = (exe.clone(), emu.clone());
     tokio::spawn(async move {
         let mut kill_rx = kill_rx;
         loop {
@@ -117,13 +97,7 @@ async fn start(
                 }
             }
         }
-        let holder = run.stdin_holder.lock().unwrap().take();
-        if let Some(pid) = holder {
-            let _ = emu2.opts.engine.signal_process(&sandbox2, &pid, 9);
-        }
-        if let Some(f) = &run.stdin_fifo {
-            let _ = emu2.opts.engine.remove(&sandbox2, f, false).await;
-        }
+        run.stdin.lock().await.take();
         touch(&emu2, &run.devbox_id);
     });
     Ok(exe)
@@ -253,34 +227,34 @@ pub(crate) struct StdinBody {
     signal: Option<String>,
 }
 
-/// Text goes into the command's stdin FIFO; `EOF` closes it; `INTERRUPT` kills the command.
+/// Text goes into the command's stdin; `EOF` closes it; `INTERRUPT` kills the command.
 pub(crate) async fn send_stdin(
     State(emu): State<Arc<Emu>>,
     Path((id, eid)): Path<(String, String)>,
     Json(b): Json<StdinBody>,
 ) -> Result<Response, ApiError> {
     let exe = execution(&emu, &id, &eid)?;
-    let sandbox = emu.with_devbox(&id, |d| d.running_sandbox())?;
-    let Some(fifo) = exe.stdin_fifo.clone() else {
+    emu.with_devbox(&id, |d| d.running_sandbox())?;
+    if !exe.attached_stdin {
         return Err(ApiError::bad(
             "the execution was not started with attach_stdin",
         ));
-    };
+    }
     if exe.is_completed() {
         return Err(ApiError::bad("the execution has completed"));
     }
-    let engine = &emu.opts.engine;
     match (b.text.filter(|t| !t.is_empty()), b.signal.as_deref()) {
         (Some(text), None) => {
-            let mut req = ExecRequest::argv(["sh", "-c", "cat >> \"$0\"", fifo.as_str()]);
-            req.stdin = Some(text.into_bytes());
-            engine.exec(&sandbox, req).await?;
+            let mut stdin = exe.stdin.lock().await;
+            let Some(pipe) = stdin.as_mut() else {
+                return Err(ApiError::bad("stdin was closed"));
+            };
+            if pipe.write_all(text.as_bytes()).await.is_err() {
+                return Err(ApiError::bad("the command no longer reads its stdin"));
+            }
         }
         (None, Some("EOF")) => {
-            let holder = exe.stdin_holder.lock().unwrap().take();
-            if let Some(pid) = holder {
-                engine.signal_process(&sandbox, &pid, 9)?;
-            }
+            exe.stdin.lock().await.take();
         }
         (None, Some("INTERRUPT")) => {
             let tx = exe.kill.lock().unwrap().take();

@@ -245,17 +245,17 @@ pub(crate) struct Execution {
     pub version: watch::Sender<u64>,
     /// Fired by `kill`.
     pub kill: Mutex<Option<oneshot::Sender<()>>>,
-    /// The FIFO feeding stdin (`attach_stdin`), in the sandbox's view.
-    pub stdin_fifo: Option<String>,
-    /// The background process holding the FIFO open for writing (EOF = kill it).
-    pub stdin_holder: Mutex<Option<String>>,
+    /// Whether the command was started with `attach_stdin`.
+    pub attached_stdin: bool,
+    /// The command's stdin pipe while it is open (`attach_stdin`; EOF drops it).
+    pub stdin: tokio::sync::Mutex<Option<localbox::StdinPipe>>,
 }
 
 impl Execution {
     pub fn new(
         devbox_id: &str,
         command: &str,
-        stdin_fifo: Option<String>,
+        stdin: Option<localbox::StdinPipe>,
     ) -> (Arc<Execution>, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let exe = Arc::new(Execution {
@@ -266,8 +266,8 @@ impl Execution {
             state: Mutex::new(ExecState::default()),
             version: watch::channel(0).0,
             kill: Mutex::new(Some(tx)),
-            stdin_fifo,
-            stdin_holder: Mutex::new(None),
+            attached_stdin: stdin.is_some(),
+            stdin: tokio::sync::Mutex::new(stdin),
         });
         (exe, rx)
     }
