@@ -342,7 +342,8 @@ impl Side {
             cpus: Vec::new(),
             emu: EmuCpu::default(),
         };
-        side.wait().map_err(|e| e.context(format!("{name}: warm-up")))?;
+        side.wait()
+            .map_err(|e| e.context(format!("{name}: warm-up")))?;
         Ok(side)
     }
 
@@ -359,7 +360,9 @@ impl Side {
             .send(())
             .map_err(|_| anyhow::anyhow!("{}: the side's thread ended", self.name))?;
         let (wall, cpu) = self.wait()?;
-        self.emu = self.emu.plus(emulator_cpu(self.emu_pid).since(emu_before, 1));
+        self.emu = self
+            .emu
+            .plus(emulator_cpu(self.emu_pid).since(emu_before, 1));
         self.walls.push(wall);
         self.cpus.push(cpu);
         Ok(())
@@ -457,11 +460,15 @@ fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<S
                 .ok()
                 .and_then(|()| lines.next())
                 .and_then(|l| l.ok());
-            let timed: Option<Vec<f64>> = line
-                .as_deref()
-                .map(|l| l.split_whitespace().filter_map(|x| x.parse().ok()).collect());
+            let timed: Option<Vec<f64>> = line.as_deref().map(|l| {
+                l.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            });
             let timed = match timed.as_deref() {
-                Some(&[wall, cpu]) => Ok((Duration::from_secs_f64(wall), Duration::from_secs_f64(cpu))),
+                Some(&[wall, cpu]) => {
+                    Ok((Duration::from_secs_f64(wall), Duration::from_secs_f64(cpu)))
+                }
                 _ => Err(failed(&mut child, format!("a round printed {line:?}"))),
             };
             let failed = timed.is_err();
@@ -509,11 +516,17 @@ fn take_turns(c: Comparison, bin: &Path, py: &Path) -> anyhow::Result<Vec<(&'sta
         })?,
         // How a single-threaded embedder or the CLI drives the host: calls run in place, no
         // hand-over to the host's call threads.
-        ours("host, current-thread runtime", c, emu.url.clone(), pid, || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        })?,
+        ours(
+            "host, current-thread runtime",
+            c,
+            emu.url.clone(),
+            pid,
+            || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            },
+        )?,
     ];
     let sdk_emu = match std::env::var_os("BENCH_ONLY_OURS") {
         Some(_) => None,

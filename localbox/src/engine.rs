@@ -17,8 +17,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::files::{self, FileStat};
 use crate::isolation::{validate_env, Isolator, SandboxMounts};
 use crate::process::{
-    self, ChannelSink, ExecEvent, ExecOutput, ExecRequest, ExecStream, Launch, Spawned,
-    StdinPipe,
+    self, ChannelSink, ExecEvent, ExecOutput, ExecRequest, ExecStream, Launch, Spawned, StdinPipe,
 };
 use crate::sandbox::{
     check_traversable, make_layout, now_ms, Sandbox, SandboxInfo, SandboxRecord, SandboxSpec,
@@ -367,11 +366,7 @@ impl Engine {
         id: &str,
         req: ExecRequest,
     ) -> Result<(ExecStream, StdinPipe)> {
-        if req.stdin.is_some() {
-            return Err(Error::invalid(
-                "stdin bytes and a stdin pipe are exclusive",
-            ));
-        }
+        live_stdin_request(&req)?;
         let (stream, pipe) = self.start_stream(id, req, true)?;
         Ok((stream, pipe.expect("a pipe was asked for")))
     }
@@ -387,11 +382,7 @@ impl Engine {
         let launch = self.prepare(&sandbox, &req)?;
         let with_stdin = live_stdin || req.stdin.is_some();
         let mut spawned = self.spawn_tracked(&sandbox, &launch, with_stdin, |_, _| {})?;
-        let pipe = if live_stdin {
-            spawned.stdin.take()
-        } else {
-            None
-        };
+        let pipe = live_stdin.then(|| spawned.stdin.take()).flatten();
         let (tx, rx) = mpsc::channel(16);
         let timeout = req.timeout;
         let stdin = req.stdin;
@@ -416,13 +407,35 @@ impl Engine {
     /// Starts a background process owned by the engine; poll it with
     /// [`process_output`](Self::process_output).
     pub async fn start_process(&self, id: &str, req: ExecRequest) -> Result<ProcessInfo> {
+        Ok(self.start_background(id, req, false)?.0)
+    }
+
+    /// Like [`start_process`](Self::start_process), with the process's stdin a pipe the
+    /// caller writes while it runs (dropping the writer is EOF). `req.stdin` must be `None`.
+    pub async fn start_process_with_stdin(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<(ProcessInfo, StdinPipe)> {
+        live_stdin_request(&req)?;
+        let (info, pipe) = self.start_background(id, req, true)?;
+        Ok((info, pipe.expect("a pipe was asked for")))
+    }
+
+    fn start_background(
+        &self,
+        id: &str,
+        req: ExecRequest,
+        live_stdin: bool,
+    ) -> Result<(ProcessInfo, Option<StdinPipe>)> {
         self.touch();
         let sandbox = self.sandbox(id)?;
         let launch = self.prepare(&sandbox, &req)?;
         let cap = self.inner.config.process_output_cap;
         let command = req.command.display();
         let mut bg = None;
-        let spawned = self.spawn_tracked(&sandbox, &launch, req.stdin.is_some(), |table, sp| {
+        let with_stdin = live_stdin || req.stdin.is_some();
+        let mut spawned = self.spawn_tracked(&sandbox, &launch, with_stdin, |table, sp| {
             let b = Arc::new(Background::new(
                 table.next_pid(),
                 command,
@@ -434,6 +447,7 @@ impl Engine {
             bg = Some(b);
         })?;
         let bg = bg.expect("registered by spawn_tracked");
+        let pipe = live_stdin.then(|| spawned.stdin.take()).flatten();
         let info = bg.info();
         let (timeout, stdin) = (req.timeout, req.stdin);
         tokio::spawn(async move {
@@ -446,7 +460,7 @@ impl Engine {
             .await;
             bg.finish(out.exit_code);
         });
-        Ok(info)
+        Ok((info, pipe))
     }
 
     /// Background processes of a sandbox (recent finished ones included), by pid.
@@ -873,6 +887,14 @@ impl Engine {
                 }
             }
         });
+    }
+}
+
+/// A request for a live stdin pipe carries no stdin bytes of its own.
+fn live_stdin_request(req: &ExecRequest) -> Result<()> {
+    match req.stdin {
+        Some(_) => Err(Error::invalid("stdin bytes and a stdin pipe are exclusive")),
+        None => Ok(()),
     }
 }
 

@@ -253,7 +253,10 @@ async fn live_stdin_reaches_the_running_command_and_dropping_it_is_eof() {
         .unwrap();
     let mut out = Vec::new();
     for line in ["one", "two"] {
-        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
         let want = format!("got {line}\n");
         while !out.ends_with(want.as_bytes()) {
             match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
@@ -273,6 +276,40 @@ async fn live_stdin_reaches_the_running_command_and_dropping_it_is_eof() {
     req.stdin = Some(b"x".to_vec());
     let err = engine.exec_stream_with_stdin(&id, req).await.err().unwrap();
     assert_eq!(err.code, localbox::ErrorCode::InvalidArgument, "{err:?}");
+
+    // The same for a background process: it reads the line while running, ends at EOF.
+    let (p, mut stdin) = engine
+        .start_process_with_stdin(&id, ExecRequest::shell("read -r l; echo \"bg $l\"; cat"))
+        .await
+        .unwrap();
+    stdin.write_all(b"three\n").await.unwrap();
+    let (mut o, deadline) = (0, Instant::now() + Duration::from_secs(10));
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"bg three\n") {
+        assert!(
+            Instant::now() < deadline,
+            "no answer from the process: {seen:?}"
+        );
+        let out = engine
+            .wait_process_output(&id, &p.pid, o, 0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        seen.extend_from_slice(&out.stdout);
+        o = out.stdout_next;
+        assert!(out.running, "it must still run, waiting on `cat`: {out:?}");
+    }
+    drop(stdin);
+    let out = loop {
+        let out = engine
+            .wait_process_output(&id, &p.pid, o, 0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        if !out.running {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "EOF did not end the process");
+    };
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
 }
 
 #[tokio::test]

@@ -102,6 +102,25 @@ def test_sdk_scenario(e2b):
         eventually("the killed process to leave the list", lambda: all(p.pid != bg.pid for p in sbx.commands.list()))
         assert sbx.commands.kill(bg.pid) is False
 
+        # Interactive stdin: each line is answered (in a file: the sync SDK hands a background
+        # command's output over only in `wait`) while stdin is still open; closing it ends the
+        # command.
+        chat = sbx.commands.run(
+            "while read -r l; do echo \"got $l\" >> /tmp/chat.txt; done; echo bye",
+            background=True,
+            stdin=True,
+        )
+        for line in ("one", "two"):
+            sbx.commands.send_stdin(chat.pid, f"{line}\n")
+            eventually(
+                f"the answer to {line}",
+                lambda: sbx.files.exists("/tmp/chat.txt")
+                and f"got {line}\n" in sbx.files.read("/tmp/chat.txt"),
+            )
+        sbx.commands.close_stdin(chat.pid)
+        done = chat.wait()
+        assert (done.exit_code, done.stdout) == (0, "bye\n"), done
+
         # Files: text and binary, list, stat, mkdir, remove, not-found.
         info = sbx.files.write("/home/user/hello.txt", "hello from the sdk\n")
         assert info.path == "/home/user/hello.txt"

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 
 use crate::connect::{self, Code, RpcError};
@@ -107,7 +108,7 @@ async fn unary(
     match path.rsplit('/').next().unwrap_or("") {
         "List" if path.starts_with("/process.") => list_processes(emu, meta),
         "SendSignal" => send_signal(emu, meta, &msg),
-        "SendInput" => send_input(emu, meta, &msg),
+        "SendInput" => send_input(emu, meta, &msg).await,
         "CloseStdin" => close_stdin(emu, meta, &msg).await,
         "Stat" => stat(emu, meta, &msg).await,
         "ListDir" => list_dir(emu, meta, &msg).await,
@@ -175,7 +176,7 @@ fn forget_finished(emu: &Emulator, meta: &SandboxMeta, procs: &mut crate::state:
     }
 }
 
-/// Whether the process still runs (not spawned yet counts as running).
+/// Whether the process still runs (being spawned counts as running).
 fn running(emu: &Emulator, meta: &SandboxMeta, p: &Proc) -> bool {
     let st = p.state.lock().unwrap();
     if st.failed.is_some() {
@@ -255,19 +256,36 @@ fn keepalive_of(headers: &HeaderMap) -> Option<Duration> {
     (s > 0).then(|| Duration::from_secs(s))
 }
 
-/// Spawns a registered process in localbox (with its collected stdin, if any).
+/// Spawns a registered process in localbox, with a stdin pipe for `SendInput` if asked.
 async fn spawn(
     emu: &Emulator,
     meta: &SandboxMeta,
     p: &Proc,
-    mut req: localbox::ExecRequest,
-    stdin: Option<Vec<u8>>,
+    req: localbox::ExecRequest,
+    with_stdin: bool,
 ) {
-    req.stdin = stdin;
-    let result = emu.engine().start_process(&meta.local_id, req).await;
+    let engine = emu.engine();
+    let result = if with_stdin {
+        engine
+            .start_process_with_stdin(&meta.local_id, req)
+            .await
+            .map(|(info, pipe)| (info, Some(pipe)))
+    } else {
+        engine
+            .start_process(&meta.local_id, req)
+            .await
+            .map(|info| (info, None))
+    };
+    let info = match result {
+        Ok((info, pipe)) => {
+            *p.stdin.lock().await = pipe;
+            Ok(info)
+        }
+        Err(e) => Err(e),
+    };
     {
         let mut st = p.state.lock().unwrap();
-        match result {
+        match info {
             Ok(info) => {
                 st.local_pid = Some(info.pid);
                 st.started = Some(Instant::now());
@@ -321,26 +339,24 @@ async fn start(emu: &Emulator, meta: &SandboxMeta, headers: &HeaderMap, body: &[
             config,
             state: Mutex::new(ProcState {
                 local_pid: None,
-                pending: with_stdin.then(|| (Vec::new(), req.clone())),
                 started: None,
                 failed: None,
             }),
             spawned: Notify::new(),
             timeout,
+            stdin: tokio::sync::Mutex::new(None),
         });
         procs.by_pid.insert(pid, p.clone());
         forget_finished(emu, meta, procs);
         p
     };
-    if !with_stdin {
-        spawn(emu, meta, &proc, req, None).await;
-        let failed = proc.state.lock().unwrap().failed.clone();
-        if let Some(e) = failed {
-            return stream_error(RpcError(
-                Code::Internal,
-                format!("error starting process: {e}"),
-            ));
-        }
+    spawn(emu, meta, &proc, req, with_stdin).await;
+    let failed = proc.state.lock().unwrap().failed.clone();
+    if let Some(e) = failed {
+        return stream_error(RpcError(
+            Code::Internal,
+            format!("error starting process: {e}"),
+        ));
     }
     pump(emu.clone(), meta.clone(), proc, None, keepalive_of(headers))
 }
@@ -395,7 +411,7 @@ fn pump(
         {
             return;
         }
-        // Wait for the spawn (a stdin process spawns on CloseStdin).
+        // Wait for the spawn (an `attach` may come while it is under way).
         let local_pid = loop {
             let notified = proc.spawned.notified();
             let (failed, local) = {
@@ -541,8 +557,7 @@ fn send_signal(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value,
     let local = {
         let mut st = p.state.lock().unwrap();
         if st.local_pid.is_none() {
-            // Killed before it ever ran (it was waiting for its stdin).
-            st.pending = None;
+            // Killed while its spawn was under way.
             st.failed = Some(format!("killed by signal {signal}"));
         }
         st.local_pid.clone()
@@ -554,7 +569,7 @@ fn send_signal(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value,
     Ok(json!({}))
 }
 
-fn send_input(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
+async fn send_input(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
     let p = find(emu, meta, msg.get("process").unwrap_or(&Value::Null))?;
     let input = msg.get("input").cloned().unwrap_or(Value::Null);
     let data = input
@@ -565,25 +580,25 @@ fn send_input(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, 
     let data = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|e| RpcError(Code::InvalidArgument, format!("input is not base64: {e}")))?;
-    let mut st = p.state.lock().unwrap();
-    match st.pending.as_mut() {
-        Some((buf, _)) => {
-            buf.extend_from_slice(&data);
-            Ok(json!({}))
-        }
-        None => Err(RpcError(
+    let mut stdin = p.stdin.lock().await;
+    let Some(pipe) = stdin.as_mut() else {
+        return Err(RpcError(
             Code::FailedPrecondition,
-            "the emulator delivers stdin only to a process started with stdin: true, before CloseStdin".into(),
-        )),
+            "the process was not started with stdin, or its stdin was closed".into(),
+        ));
+    };
+    if pipe.write_all(&data).await.is_err() {
+        return Err(RpcError(
+            Code::FailedPrecondition,
+            "the process no longer reads its stdin".into(),
+        ));
     }
+    Ok(json!({}))
 }
 
 async fn close_stdin(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
     let p = find(emu, meta, msg.get("process").unwrap_or(&Value::Null))?;
-    let pending = p.state.lock().unwrap().pending.take();
-    if let Some((data, req)) = pending {
-        spawn(emu, meta, &p, req, Some(data)).await;
-    }
+    p.stdin.lock().await.take();
     Ok(json!({}))
 }
 

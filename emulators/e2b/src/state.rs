@@ -65,16 +65,16 @@ pub(crate) struct Proc {
     /// The `ProcessConfig` JSON it was started with (echoed by `List`).
     pub config: serde_json::Value,
     pub state: Mutex<ProcState>,
-    /// Signalled when the process is spawned (after `CloseStdin` for stdin processes).
+    /// Signalled when the process is spawned (or its spawn failed).
     pub spawned: Notify,
     pub timeout: Option<Duration>,
+    /// Its stdin while open (started with `stdin: true`; `CloseStdin` drops it).
+    pub stdin: tokio::sync::Mutex<Option<localbox::StdinPipe>>,
 }
 
 pub(crate) struct ProcState {
     /// localbox's background-process id, once spawned.
     pub local_pid: Option<String>,
-    /// Started with `stdin: true` and not spawned yet: the input so far and the request.
-    pub pending: Option<(Vec<u8>, localbox::ExecRequest)>,
     pub started: Option<Instant>,
     /// The spawn failed (reported to the streams waiting for it).
     pub failed: Option<String>,

@@ -469,4 +469,3 @@ async fn exec_start(
     });
     Ok(pb::TaskExecStartResponse {})
 }
-

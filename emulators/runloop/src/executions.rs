@@ -14,8 +14,8 @@ use axum::response::Response;
 use axum::Json;
 use localbox::{ExecEvent, ExecRequest, Stream};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 use crate::devboxes::{hold, touch};
 use crate::state::{ApiError, Execution, Which};
