@@ -20,7 +20,7 @@ from daytona import (
     ListSandboxesQuery,
     SessionExecuteRequest,
 )
-from daytona.common.errors import DaytonaTimeoutError
+from daytona.common.errors import DaytonaError, DaytonaTimeoutError
 
 
 @pytest.fixture
@@ -84,6 +84,23 @@ def test_sdk_scenario(daytona):
         sync = sb.process.execute_session_command("s1", SessionExecuteRequest(command="echo sync"))
         assert (sync.exit_code, sync.stdout) == (0, "sync\n")
         assert [c.id for c in sb.process.get_session("s1").commands] == [cmd.cmd_id, sync.cmd_id]
+        # input to a running command (a newline added, echoed into its log); refused once it ended
+        ask = sb.process.execute_session_command(
+            "s1", SessionExecuteRequest(command='read -r name; echo "hi $name"', run_async=True)
+        )
+        sb.process.send_session_command_input("s1", ask.cmd_id, "ada")
+        deadline = time.monotonic() + 10
+        while sb.process.get_session_command("s1", ask.cmd_id).exit_code is None:
+            assert time.monotonic() < deadline, "the command did not get its input"
+            time.sleep(0.05)
+        assert sb.process.get_session_command_logs("s1", ask.cmd_id).stdout == "ada\nhi ada\n"
+        with pytest.raises(DaytonaError) as late:
+            sb.process.send_session_command_input("s1", ask.cmd_id, "late")
+        assert late.value.status_code == 410 and "completed" in str(late.value), late.value
+        # a daemon error the SDK parses into its model (path and method included)
+        with pytest.raises(DaytonaError) as bad:
+            sb.process.send_session_command_input("s1", "no-such-command", "x")
+        assert bad.value.status_code == 404, bad.value
         sb.process.delete_session("s1")
 
         # files: binary intact, list, info, folder, delete, missing → not found

@@ -78,10 +78,39 @@ pub fn api_error(status: u16, error: &str, message: &str, path: &str) -> Respons
         .into_response()
 }
 
-/// A toolbox (daemon) error answer; `code` selects the SDK's finer error classes.
+/// A toolbox (daemon) error answer; `code` selects the SDK's finer error classes. The request's
+/// `path` and `method`, which the SDK requires, are added by [`daemon_error_context`].
 pub fn daemon_error(status: u16, code: &str, message: &str) -> Response {
     let sc = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (sc, Json(daemon_error_body(status, code, message))).into_response()
+    let body = daemon_error_body(status, code, message);
+    let mut r = (sc, Json(body.clone())).into_response();
+    r.extensions_mut().insert(DaemonError(body));
+    r
+}
+
+/// The body of a [`daemon_error`] answer, for [`daemon_error_context`] to complete.
+#[derive(Clone)]
+struct DaemonError(Value);
+
+/// Completes daemon errors with the request's `path` (as the daemon sees it, without the
+/// proxy's `/toolbox/{id}`) and `method`.
+pub async fn daemon_error_context(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let Some(DaemonError(mut body)) = resp.extensions().get::<DaemonError>().cloned() else {
+        return resp;
+    };
+    let daemon_path = path
+        .strip_prefix("/toolbox/")
+        .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
+        .unwrap_or(path);
+    body["path"] = json!(daemon_path);
+    body["method"] = json!(method);
+    (resp.status(), Json(body)).into_response()
 }
 
 pub fn daemon_error_body(status: u16, code: &str, message: &str) -> Value {

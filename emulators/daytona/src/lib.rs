@@ -54,6 +54,7 @@ pub fn router(opts: Options) -> Router {
         .merge(process::routes())
         .merge(sessions::routes())
         .merge(files::routes())
+        .layer(axum::middleware::from_fn(dto::daemon_error_context))
         .layer(axum::middleware::from_fn(require_bearer))
         .with_state(app);
     api.merge(admin)

@@ -6,6 +6,8 @@
 //!
 //! Unlike the daemon, each command runs in its own `sh -c` (no shell state shared between the
 //! commands of a session) and a last line without `\n` is kept as it is (the daemon adds one).
+//! As in the daemon, a command's stdin stays open (no EOF) while it runs; `…/input` writes to it
+//! and echoes the input into the log as stdout.
 
 use std::sync::{Arc, Mutex};
 
@@ -83,6 +85,8 @@ pub struct Command {
     /// Woken whenever output arrives or the command ends (WebSocket followers wait on it).
     pub changed: Notify,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Its stdin while it runs (`…/input` writes here).
+    stdin: tokio::sync::Mutex<Option<localbox::StdinPipe>>,
 }
 
 /// The marked-up log plus each stream on its own.
@@ -234,45 +238,48 @@ struct ExecBody {
 }
 
 /// Starts `command` in the sandbox; its output lands in the command's log as it comes.
-fn spawn(app: &App, id: &str, command: &str) -> Arc<Command> {
+/// Starts `command` (its stdin ready for `…/input` once this returns) and follows it.
+async fn spawn(app: &App, id: &str, command: &str) -> Arc<Command> {
+    let started = app
+        .opts
+        .engine
+        .exec_stream_with_stdin(id, ExecRequest::shell(command))
+        .await;
+    let mut out = Output::default();
+    let (stream, stdin) = match started {
+        Ok((stream, stdin)) => (Some(stream), Some(stdin)),
+        Err(e) => {
+            out.append(Stream::Stderr, format!("{e}\n").as_bytes());
+            out.exit_code = Some(-1);
+            (None, None)
+        }
+    };
     let cmd = Arc::new(Command {
         id: uuid::Uuid::new_v4().to_string(),
         command: command.to_string(),
-        out: Mutex::new(Output::default()),
+        out: Mutex::new(out),
         changed: Notify::new(),
         task: Mutex::new(None),
+        stdin: tokio::sync::Mutex::new(stdin),
     });
-    let (engine, sid, c, script) = (
-        app.opts.engine.clone(),
-        id.to_string(),
-        cmd.clone(),
-        command.to_string(),
-    );
+    let Some(mut stream) = stream else {
+        return cmd;
+    };
+    let c = cmd.clone();
     let task = tokio::spawn(async move {
-        let finish = |code: i32| {
-            c.out.lock().unwrap().exit_code = Some(code);
-            c.changed.notify_waiters();
-        };
-        let mut stream = match engine.exec_stream(&sid, ExecRequest::shell(script)).await {
-            Ok(s) => s,
-            Err(e) => {
-                c.out
-                    .lock()
-                    .unwrap()
-                    .append(Stream::Stderr, format!("{e}\n").as_bytes());
-                return finish(-1);
-            }
-        };
-        loop {
+        let code = loop {
             match stream.next().await {
                 Some(ExecEvent::Output(s, bytes)) => {
                     c.out.lock().unwrap().append(s, &bytes);
                     c.changed.notify_waiters();
                 }
-                Some(ExecEvent::Exit(o)) => return finish(o.exit_code),
-                None => return finish(-1),
+                Some(ExecEvent::Exit(o)) => break o.exit_code,
+                None => break -1,
             }
-        }
+        };
+        c.stdin.lock().await.take();
+        c.out.lock().unwrap().exit_code = Some(code);
+        c.changed.notify_waiters();
     });
     *cmd.task.lock().unwrap() = Some(task.abort_handle());
     cmd
@@ -288,7 +295,7 @@ async fn exec(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let cmd = spawn(&app, &id, &b.command);
+    let cmd = spawn(&app, &id, &b.command).await;
     s.commands.lock().unwrap().push(cmd.clone());
     if b.run_async.or(b.async_alias).unwrap_or(false) {
         return (StatusCode::ACCEPTED, Json(json!({ "cmdId": cmd.id }))).into_response();
@@ -467,18 +474,51 @@ async fn stream_log(mut socket: WebSocket, cmd: Arc<Command>, follow: bool, comb
         .await;
 }
 
-/// Writing to a running command's stdin is not emulated (localbox takes stdin up front).
-async fn input(State(app): Ctx, Path((id, sid, cid)): Path<(String, String, String)>) -> Response {
+#[derive(Deserialize)]
+struct InputBody {
+    data: String,
+}
+
+/// Writes to a running command's stdin (a newline added if missing, as the daemon does) and
+/// echoes the input into its log as stdout; 410 once the command ended.
+async fn input(
+    State(app): Ctx,
+    Path((id, sid, cid)): Path<(String, String, String)>,
+    Json(b): Json<InputBody>,
+) -> Response {
     let s = match session(&app, &id, &sid) {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if s.find(&cid).is_none() {
+    let Some(c) = s.find(&cid) else {
         return dto::daemon_error(404, "COMMAND_NOT_FOUND", "command not found");
+    };
+    let gone = |code: i32| {
+        dto::daemon_error(
+            410,
+            "GONE",
+            &format!("command has already completed with exit code {code}"),
+        )
+    };
+    if let Some(code) = c.out.lock().unwrap().exit_code {
+        return gone(code);
     }
-    dto::daemon_error(
-        400,
-        "BAD_REQUEST",
-        "sending input to a running command is not supported by the emulator",
-    )
+    let mut data = b.data.into_bytes();
+    if !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    let mut stdin = c.stdin.lock().await;
+    let written = match stdin.as_mut() {
+        Some(pipe) => tokio::io::AsyncWriteExt::write_all(pipe, &data)
+            .await
+            .is_ok(),
+        None => false,
+    };
+    if !written {
+        let code = c.out.lock().unwrap().exit_code.unwrap_or(-1);
+        return gone(code);
+    }
+    c.out.lock().unwrap().append(Stream::Stdout, &data);
+    c.changed.notify_waiters();
+    StatusCode::NO_CONTENT.into_response()
 }
