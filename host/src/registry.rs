@@ -43,6 +43,11 @@ pub trait SessionStore: Send + Sync {
     /// Inserts or replaces the record for (provider, sandbox id).
     fn put(&self, rec: &SessionRecord) -> Result<(), Error>;
     fn get(&self, provider: &str, sandbox_id: &str) -> Result<Option<SessionRecord>, Error>;
+    /// The record's token alone (every sandbox call reads it): `None` without a record,
+    /// `Some(None)` for a record without a token.
+    fn token(&self, provider: &str, sandbox_id: &str) -> Result<Option<Option<String>>, Error> {
+        Ok(self.get(provider, sandbox_id)?.map(|r| r.token))
+    }
     /// Records with this sandbox id on any provider.
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error>;
     /// Records on `provider` (all when None) carrying all `labels`.
@@ -159,7 +164,13 @@ impl SqliteStore {
     }
 }
 
-const COLUMNS: &str = "provider, sandbox_id, name, token, labels, workdir, image, state, owner, created_at_ms, updated_at_ms";
+/// The record's columns, in [`row_to_record`]'s order (a macro, so that the statements built
+/// from it are string constants rather than formatted at every call).
+macro_rules! columns {
+    () => {
+        "provider, sandbox_id, name, token, labels, workdir, image, state, owner, created_at_ms, updated_at_ms"
+    };
+}
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let labels: String = r.get(4)?;
@@ -185,7 +196,7 @@ impl SessionStore for SqliteStore {
             .lock()
             .unwrap()
             .execute(
-                &format!("INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                concat!("INSERT OR REPLACE INTO sessions (", columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                 params![
                     rec.provider,
                     rec.sandbox_id,
@@ -208,8 +219,10 @@ impl SessionStore for SqliteStore {
         // Every sandbox call reads its record: keep the statement prepared.
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM sessions WHERE provider = ?1 AND sandbox_id = ?2"
             ))
             .map_err(db_err)?;
         stmt.query_row(params![provider, sandbox_id], row_to_record)
@@ -217,11 +230,23 @@ impl SessionStore for SqliteStore {
             .map_err(db_err)
     }
 
+    fn token(&self, provider: &str, sandbox_id: &str) -> Result<Option<Option<String>>, Error> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare_cached("SELECT token FROM sessions WHERE provider = ?1 AND sandbox_id = ?2")
+            .map_err(db_err)?;
+        stmt.query_row(params![provider, sandbox_id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
     fn find(&self, sandbox_id: &str) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM sessions WHERE sandbox_id = ?1 ORDER BY provider"
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM sessions WHERE sandbox_id = ?1 ORDER BY provider"
             ))
             .map_err(db_err)?;
         let rows = stmt
@@ -237,7 +262,11 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<SessionRecord>, Error> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE (?1 IS NULL OR provider = ?1) ORDER BY created_at_ms, sandbox_id"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM sessions WHERE (?1 IS NULL OR provider = ?1) ORDER BY created_at_ms, sandbox_id"
+            ))
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![provider], row_to_record)
@@ -352,6 +381,15 @@ mod tests {
         let db = SqliteStore::open(&path).unwrap();
         let got = db.get("local", "a").unwrap().unwrap();
         assert_eq!(got.token.as_deref(), Some("t1"));
+        assert_eq!(db.token("local", "a").unwrap(), Some(Some("t1".into())));
+        assert_eq!(db.token("e2b", "a").unwrap(), Some(Some("t0".into())));
+        assert_eq!(db.token("local", "missing").unwrap(), None);
+        db.put(&SessionRecord {
+            token: None,
+            ..rec("local", "b", &[])
+        })
+        .unwrap();
+        assert_eq!(db.token("local", "b").unwrap(), Some(None));
         assert_eq!(got.state, "paused");
         assert_eq!(db.history("local", "a").unwrap()[0].detail, "by test");
         assert_eq!(db.find("a").unwrap().len(), 2);

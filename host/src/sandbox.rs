@@ -244,7 +244,12 @@ impl Sandbox {
                 let plugin = self.host.plugin(&self.provider)?;
                 let sref = SandboxRef {
                     id: self.id.clone(),
-                    token: self.record()?.token,
+                    token: self
+                        .host
+                        .0
+                        .store
+                        .token(&self.provider, &self.id)?
+                        .ok_or_else(|| Error::UnknownSandbox(self.id.clone()))?,
                 };
                 let sink = sink.lock().unwrap().take();
                 let f = f.clone();
