@@ -117,9 +117,20 @@ def test_sdk_scenario(e2b):
                 lambda: sbx.files.exists("/tmp/chat.txt")
                 and f"got {line}\n" in sbx.files.read("/tmp/chat.txt"),
             )
+        # The same over one input stream: each chunk is answered before the next is yielded.
+        def chunks():
+            for line in ("three", "four"):
+                yield f"{line}\n"
+                eventually(
+                    f"the streamed answer to {line}",
+                    lambda: f"got {line}\n" in sbx.files.read("/tmp/chat.txt"),
+                )
+
+        sbx.commands.stream_input(chat.pid, chunks())
         sbx.commands.close_stdin(chat.pid)
         done = chat.wait()
         assert (done.exit_code, done.stdout) == (0, "bye\n"), done
+        assert sbx.files.read("/tmp/chat.txt") == "got one\ngot two\ngot three\ngot four\n"
 
         # Files: text and binary, list, stat, mkdir, remove, not-found.
         info = sbx.files.write("/home/user/hello.txt", "hello from the sdk\n")

@@ -150,6 +150,37 @@ pub fn stream_request(body: &[u8]) -> Result<Value, RpcError> {
     serde_json::from_slice(payload).map_err(|e| bad(format!("invalid JSON message: {e}")))
 }
 
+/// Splits the envelopes off the front of `buf` as a client stream arrives: each complete one's
+/// JSON message; what is left is an envelope still incomplete.
+pub fn take_envelopes(buf: &mut Vec<u8>) -> Result<Vec<Value>, RpcError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= 5 {
+        let flags = buf[at];
+        let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+        if buf.len() - at - 5 < len {
+            break;
+        }
+        if flags & 0x01 != 0 {
+            return Err(RpcError(
+                Code::Unimplemented,
+                "compressed envelopes are not supported".into(),
+            ));
+        }
+        let payload = &buf[at + 5..at + 5 + len];
+        out.push(if payload.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(payload).map_err(|e| {
+                RpcError(Code::InvalidArgument, format!("invalid JSON message: {e}"))
+            })?
+        });
+        at += 5 + len;
+    }
+    buf.drain(..at);
+    Ok(out)
+}
+
 /// The JSON message of a unary request.
 pub fn unary_request(body: &[u8]) -> Result<Value, RpcError> {
     if body.is_empty() {
@@ -162,6 +193,19 @@ pub fn unary_request(body: &[u8]) -> Result<Value, RpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_stream_envelopes_are_taken_as_they_complete() {
+        let mut all = message(&json!({"a": 1})).to_vec();
+        all.extend_from_slice(&message(&json!({"b": 2})));
+        let mut buf = all[..9].to_vec();
+        assert!(take_envelopes(&mut buf).unwrap().is_empty());
+        buf.extend_from_slice(&all[9..15]);
+        assert_eq!(take_envelopes(&mut buf).unwrap(), vec![json!({"a": 1})]);
+        buf.extend_from_slice(&all[15..]);
+        assert_eq!(take_envelopes(&mut buf).unwrap(), vec![json!({"b": 2})]);
+        assert!(buf.is_empty());
+    }
 
     #[test]
     fn envelopes_round_trip() {

@@ -70,6 +70,9 @@ pub async fn handle(emu: Emulator, id: String, req: Request) -> Response {
         };
     }
     let (parts, body) = req.into_parts();
+    if method == Method::POST && path == "/process.Process/StreamInput" {
+        return stream_input(&emu, &meta, body).await;
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return http_error(400, format!("reading the body: {e}")),
@@ -571,7 +574,12 @@ fn send_signal(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value,
 
 async fn send_input(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
     let p = find(emu, meta, msg.get("process").unwrap_or(&Value::Null))?;
-    let input = msg.get("input").cloned().unwrap_or(Value::Null);
+    write_stdin(&p, msg.get("input").unwrap_or(&Value::Null)).await?;
+    Ok(json!({}))
+}
+
+/// Writes a `ProcessInput` (`{"stdin": <base64>}`, or `pty`) to the process's stdin.
+async fn write_stdin(p: &Proc, input: &Value) -> Result<(), RpcError> {
     let data = input
         .get("stdin")
         .or_else(|| input.get("pty"))
@@ -593,7 +601,52 @@ async fn send_input(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<V
             "the process no longer reads its stdin".into(),
         ));
     }
-    Ok(json!({}))
+    Ok(())
+}
+
+/// `StreamInput` (client streaming): a `start` naming the process, then `data` events written
+/// to its stdin as they arrive (`keepalive`s ignored); answered when the client ends the stream.
+/// Stdin stays open afterwards, as after `SendInput`.
+async fn stream_input(emu: &Emulator, meta: &SandboxMeta, body: axum::body::Body) -> Response {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut proc: Option<Arc<Proc>> = None;
+    let result: Result<(), RpcError> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| RpcError(Code::Unavailable, format!("reading the stream: {e}")))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buf.extend_from_slice(data);
+            if buf.len() > MAX_BODY {
+                return Err(RpcError(Code::InvalidArgument, "message too large".into()));
+            }
+            for msg in connect::take_envelopes(&mut buf)? {
+                if let Some(start) = msg.get("start") {
+                    proc = Some(find(
+                        emu,
+                        meta,
+                        start.get("process").unwrap_or(&Value::Null),
+                    )?);
+                } else if let Some(data) = msg.get("data") {
+                    let p = proc.as_ref().ok_or_else(|| {
+                        RpcError(Code::InvalidArgument, "data before the start event".into())
+                    })?;
+                    write_stdin(p, data.get("input").unwrap_or(&Value::Null)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let (tx, rx) = mpsc::channel(2);
+    if result.is_ok() {
+        let _ = tx.try_send(connect::message(&json!({})));
+    }
+    let _ = tx.try_send(connect::end(result.err().as_ref()));
+    stream_response(rx)
 }
 
 async fn close_stdin(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
