@@ -573,6 +573,16 @@ impl Engine {
         .await
     }
 
+    /// Renames `from` to `to` within the sandbox (as rename(2); see [`files::rename`]).
+    pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<()> {
+        self.touch();
+        let sandbox = self.sandbox(id)?;
+        let workdir = sandbox.record.lock().unwrap().workdir.clone();
+        let (from, to) = (confine(from, &workdir)?, confine(to, &workdir)?);
+        let (from_root, to_root) = (sandbox.mount_dir(from.mount), sandbox.mount_dir(to.mount));
+        blocking(move || files::rename(&from_root, &from, &to_root, &to)).await
+    }
+
     /// Creates a directory (with `parents`, also missing ancestors; existing is then fine).
     pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<()> {
         self.file_op(id, path, move |root, c, owner| {

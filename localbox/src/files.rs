@@ -215,6 +215,44 @@ pub(crate) fn remove(root: &Path, c: &Confined, recursive: bool) -> Result<()> {
     })
 }
 
+/// Renames `from` to `to` (as rename(2): a file replaces a file, a directory an empty
+/// directory; a symlink is moved, not followed). Both stay confined to their mounts.
+pub(crate) fn rename(
+    from_root: &Path,
+    from: &Confined,
+    to_root: &Path,
+    to: &Confined,
+) -> Result<()> {
+    let root_err = |c: &Confined| Error::forbidden(format!("{}: cannot move a mount root", c.view));
+    let from_rootfd = root_fd(from_root, from)?;
+    let (from_dir, from_name) = parent_of(&from_rootfd, from)?.ok_or_else(|| root_err(from))?;
+    let to_rootfd = root_fd(to_root, to)?;
+    let (to_dir, to_name) = parent_of(&to_rootfd, to)?.ok_or_else(|| root_err(to))?;
+    let (f, t) = (
+        cstr(from_name).map_err(io_err(from))?,
+        cstr(to_name).map_err(io_err(to))?,
+    );
+    // SAFETY: two open directory descriptors and NUL-terminated names.
+    check(unsafe {
+        libc::renameat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+        )
+    })
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::not_found(format!("{}: no such file or directory", from.view)),
+        Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => {
+            Error::conflict(format!("{}: directory not empty", to.view))
+        }
+        Some(libc::EISDIR) | Some(libc::ENOTDIR) | Some(libc::EINVAL) => {
+            Error::invalid(format!("cannot move {} to {}: {e}", from.view, to.view))
+        }
+        _ => Error::from_io(e, &from.view),
+    })
+}
+
 /// Creates a directory; with `parents`, also missing ancestors, and an existing directory is fine.
 pub(crate) fn mkdir(root: &Path, c: &Confined, parents: bool, owner: Owner) -> Result<()> {
     let rootfd = root_fd(root, c)?;

@@ -1015,3 +1015,50 @@ async fn background_process_outlives_the_thread_that_started_it() {
     );
     engine.destroy(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn rename_moves_within_and_across_mounts_and_stays_confined() {
+    let (engine, _dir) = engine();
+    let id = new_sandbox(&engine).await;
+    let (code, _, err) = sh(
+        &engine,
+        &id,
+        "echo a > a.txt && mkdir -p d/full && echo x > d/full/x && ln -s /etc/passwd pw && ln -s /etc etc_link",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    engine.rename(&id, "a.txt", "b.txt").await.unwrap();
+    assert_eq!(engine.read_file(&id, "b.txt").await.unwrap(), b"a\n");
+    assert_eq!(
+        engine.stat(&id, "a.txt").await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    // Across the workspace and /tmp mounts.
+    engine.rename(&id, "b.txt", "/tmp/c.txt").await.unwrap();
+    assert_eq!(engine.read_file(&id, "/tmp/c.txt").await.unwrap(), b"a\n");
+    // A symlink is moved, not followed: it still points at /etc/passwd, unread.
+    engine.rename(&id, "pw", "pw2").await.unwrap();
+    assert_eq!(
+        engine.stat(&id, "pw2").await.unwrap().kind,
+        localbox::FileKind::Symlink
+    );
+    let (code, out, _) = sh(&engine, &id, "readlink pw2").await;
+    assert_eq!((code, out.trim()), (0, "/etc/passwd"));
+    // Errors: a missing source, a non-empty target directory, paths that leave the sandbox.
+    let missing = engine.rename(&id, "nope", "x").await.unwrap_err();
+    assert_eq!(missing.code, ErrorCode::NotFound, "{missing}");
+    sh(&engine, &id, "mkdir e && echo y > e/y").await;
+    let full = engine.rename(&id, "e", "d/full").await.unwrap_err();
+    assert_eq!(full.code, ErrorCode::Conflict, "{full}");
+    for (from, to) in [
+        ("/tmp/c.txt", "/etc/evil"),
+        ("/tmp/c.txt", "etc_link/evil"),
+        ("/tmp/c.txt", "../evil"),
+        ("etc_link/passwd", "stolen"),
+        ("/workspace", "/tmp/ws"),
+    ] {
+        let e = engine.rename(&id, from, to).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "rename {from} -> {to}: {e}");
+    }
+    assert_eq!(engine.read_file(&id, "/tmp/c.txt").await.unwrap(), b"a\n");
+}

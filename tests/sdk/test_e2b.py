@@ -148,6 +148,13 @@ def test_sdk_scenario(e2b):
         assert not sbx.files.exists("/home/user/nope.txt")
         assert sbx.files.make_dir("/home/user/newdir") is True
         assert sbx.files.make_dir("/home/user/newdir") is False
+        sbx.files.write("/home/user/move-me.txt", "moved\n")
+        moved = sbx.files.rename("/home/user/move-me.txt", "/home/user/newdir/hi.txt")
+        assert (moved.name, moved.path, moved.type) == ("hi.txt", "/home/user/newdir/hi.txt", FileType.FILE)
+        assert sbx.files.read("/home/user/newdir/hi.txt") == "moved\n"
+        assert not sbx.files.exists("/home/user/move-me.txt")
+        with pytest.raises(NotFoundException):
+            sbx.files.rename("/home/user/move-me.txt", "/home/user/again.txt")
         sbx.files.remove("/home/user/data")
         assert not sbx.files.exists("/home/user/data/blob.bin")
         with pytest.raises(NotFoundException):

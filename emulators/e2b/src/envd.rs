@@ -117,6 +117,7 @@ async fn unary(
         "ListDir" => list_dir(emu, meta, &msg).await,
         "MakeDir" => make_dir(emu, meta, &msg).await,
         "Remove" => remove(emu, meta, &msg).await,
+        "Move" => move_entry(emu, meta, &msg).await,
         other => Err(RpcError(
             Code::Unimplemented,
             format!("{other} is not implemented by the emulator"),
@@ -758,6 +759,16 @@ async fn remove(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value
         .remove(&meta.local_id, &to_local(&path), true)
         .await?;
     Ok(json!({}))
+}
+
+async fn move_entry(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
+    let (from, to) = (path_arg(msg, "source")?, path_arg(msg, "destination")?);
+    let local = to_local(&to);
+    emu.engine()
+        .rename(&meta.local_id, &to_local(&from), &local)
+        .await?;
+    let st = emu.engine().stat(&meta.local_id, &local).await?;
+    Ok(json!({ "entry": entry(&st, home_view(&to)) }))
 }
 
 // ---------------------------------------------------------------------------------------------
