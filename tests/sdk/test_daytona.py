@@ -113,6 +113,16 @@ def test_sdk_scenario(daytona):
         assert names["folder"].is_dir
         info = sb.fs.get_file_info("/home/daytona/data.bin")
         assert info.size == len(blob)
+        # move: into a folder, then refused onto an existing file and from a missing source
+        sb.fs.move_files("/home/daytona/data.bin", "/home/daytona/folder/moved.bin")
+        assert sb.fs.download_file("/home/daytona/folder/moved.bin") == blob
+        sb.fs.upload_file(b"x", "/home/daytona/other.bin")
+        with pytest.raises(DaytonaError) as taken:
+            sb.fs.move_files("/home/daytona/other.bin", "/home/daytona/folder/moved.bin")
+        assert taken.value.status_code == 409, taken.value
+        with pytest.raises(DaytonaNotFoundError):
+            sb.fs.move_files("/home/daytona/data.bin", "/home/daytona/again.bin")
+        sb.fs.move_files("/home/daytona/folder/moved.bin", "/home/daytona/data.bin")
         sb.fs.delete_file("/home/daytona/data.bin")
         with pytest.raises(DaytonaNotFoundError):
             sb.fs.download_file("/home/daytona/data.bin")

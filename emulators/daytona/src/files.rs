@@ -38,6 +38,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/toolbox/{id}/files/info", axum::routing::get(info))
         .route("/toolbox/{id}/files/folder", post(folder))
         .route("/toolbox/{id}/files/permissions", post(permissions))
+        .route("/toolbox/{id}/files/move", post(move_file))
 }
 
 /// `-rw-r--r--` from a kind and permission bits.
@@ -276,4 +277,43 @@ async fn permissions(
         }
     }
     StatusCode::OK.into_response()
+}
+
+#[derive(Deserialize)]
+struct MoveQuery {
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    destination: String,
+}
+
+/// `POST /files/move?source=&destination=`: as the daemon, 404 for a missing source or
+/// destination parent, 409 when the destination exists, else a rename.
+async fn move_file(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<MoveQuery>,
+) -> Response {
+    if q.source.is_empty() || q.destination.is_empty() {
+        return dto::daemon_error(
+            400,
+            "BAD_REQUEST",
+            "source and destination paths are required",
+        );
+    }
+    let (from, to) = match (
+        resolve(&app, &id, &q.source),
+        resolve(&app, &id, &q.destination),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let engine = &app.opts.engine;
+    if engine.stat(&id, &to).await.is_ok() {
+        return dto::daemon_error(409, "CONFLICT", "destination already exists");
+    }
+    match engine.rename(&id, &from, &to).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => dto::from_localbox(e),
+    }
 }
