@@ -310,7 +310,7 @@ type Timed = anyhow::Result<(Duration, Duration)>;
 /// lands on all of them instead of on whichever side happened to be running.
 struct Side {
     name: &'static str,
-    go: std::sync::mpsc::Sender<()>,
+    go: tokio::sync::mpsc::UnboundedSender<()>,
     done: std::sync::mpsc::Receiver<Timed>,
     emu_pid: u32,
     walls: Vec<Duration>,
@@ -324,11 +324,11 @@ impl Side {
     fn start(
         name: &'static str,
         emu_pid: u32,
-        body: impl FnOnce(std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<Timed>)
+        body: impl FnOnce(tokio::sync::mpsc::UnboundedReceiver<()>, std::sync::mpsc::Sender<Timed>)
             + Send
             + 'static,
     ) -> anyhow::Result<Side> {
-        let (go, go_rx) = std::sync::mpsc::channel();
+        let (go, go_rx) = tokio::sync::mpsc::unbounded_channel();
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name(format!("bench {name}"))
@@ -387,7 +387,7 @@ fn ours(
     emu_pid: u32,
     runtime: fn() -> std::io::Result<tokio::runtime::Runtime>,
 ) -> anyhow::Result<Side> {
-    Side::start(name, emu_pid, move |go, done| {
+    Side::start(name, emu_pid, move |mut go, done| {
         let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => return drop(done.send(Err(e.into()))),
@@ -402,7 +402,7 @@ fn ours(
             };
             let warm = scenario(name, &provider, &data).await;
             let _ = done.send(warm.map(|()| Default::default()));
-            while go.recv().is_ok() {
+            while go.recv().await.is_some() {
                 let (w, cpu) = (Instant::now(), process_cpu());
                 let r = scenario(name, &provider, &data).await;
                 let timed = (w.elapsed(), process_cpu().saturating_sub(cpu));
@@ -431,7 +431,7 @@ fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<S
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    Side::start("official SDK", emu_pid, move |go, done| {
+    Side::start("official SDK", emu_pid, move |mut go, done| {
         let _home = home;
         let mut stdin = child.stdin.take().expect("piped");
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -454,7 +454,7 @@ fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<S
                 return;
             }
         }
-        while go.recv().is_ok() {
+        while go.blocking_recv().is_some() {
             let line = std::io::Write::write_all(&mut stdin, b"go\n")
                 .and_then(|()| std::io::Write::flush(&mut stdin))
                 .ok()
