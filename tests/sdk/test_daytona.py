@@ -124,6 +124,30 @@ def test_sdk_scenario(daytona):
             sb.fs.move_files("/home/daytona/data.bin", "/home/daytona/again.bin")
         sb.fs.move_files("/home/daytona/folder/moved.bin", "/home/daytona/data.bin")
         sb.fs.delete_file("/home/daytona/data.bin")
+
+        # find (text lines, binary files skipped), search (globs), replace (a result per file)
+        sb.fs.create_folder("/home/daytona/src/lib", "755")
+        sb.fs.upload_file(b"let a = 1;\nlet b = TODO;\n", "/home/daytona/src/main.rs")
+        sb.fs.upload_file(b"// TODO later\n", "/home/daytona/src/lib/util.rs")
+        sb.fs.upload_file(b"TODO\x00binary", "/home/daytona/src/blob.bin")
+        found = sorted((m.file, m.line, m.content) for m in sb.fs.find_files("/home/daytona/src", "TODO"))
+        assert found == [
+            ("/home/daytona/src/lib/util.rs", 1, "// TODO later"),
+            ("/home/daytona/src/main.rs", 2, "let b = TODO;"),
+        ], found
+        assert sorted(sb.fs.search_files("/home/daytona/src", "**/*.rs").files) == [
+            "/home/daytona/src/lib/util.rs",
+            "/home/daytona/src/main.rs",
+        ]
+        assert sb.fs.search_files("/home/daytona/src", "*.rs").files == ["/home/daytona/src/main.rs"]
+        results = sb.fs.replace_in_files(
+            ["/home/daytona/src/main.rs", "/home/daytona/src/missing.rs"], "TODO", "2"
+        )
+        assert [(r.file, r.success) for r in results] == [
+            ("/home/daytona/src/main.rs", True),
+            ("/home/daytona/src/missing.rs", False),
+        ]
+        assert sb.fs.download_file("/home/daytona/src/main.rs") == b"let a = 1;\nlet b = 2;\n"
         with pytest.raises(DaytonaNotFoundError):
             sb.fs.download_file("/home/daytona/data.bin")
 

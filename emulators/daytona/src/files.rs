@@ -39,6 +39,15 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/toolbox/{id}/files/folder", post(folder))
         .route("/toolbox/{id}/files/permissions", post(permissions))
         .route("/toolbox/{id}/files/move", post(move_file))
+        .route(
+            "/toolbox/{id}/files/find",
+            axum::routing::get(find_in_files),
+        )
+        .route(
+            "/toolbox/{id}/files/search",
+            axum::routing::get(search_files),
+        )
+        .route("/toolbox/{id}/files/replace", post(replace_in_files))
 }
 
 /// `-rw-r--r--` from a kind and permission bits.
@@ -315,5 +324,195 @@ async fn move_file(
     match engine.rename(&id, &from, &to).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => dto::from_localbox(e),
+    }
+}
+
+/// Most entries a find or search walks (the daemon has no limit; a runaway tree must not stall
+/// the emulator).
+const MAX_WALK: usize = 100_000;
+
+/// Regular files under `base` (the client's path) as (the client's path, the sandbox's path),
+/// depth-first in name order; directories that cannot be read are skipped, as the daemon does.
+async fn walk_files(app: &App, id: &str, base: &str) -> Result<Vec<(String, String)>, Response> {
+    let target = resolve(app, id, base)?;
+    let engine = &app.opts.engine;
+    let root = engine.stat(id, &target).await.map_err(dto::from_localbox)?;
+    let shown = base.trim_end_matches('/').to_string();
+    if root.kind != FileKind::Directory {
+        return Ok(match root.kind {
+            FileKind::File => vec![(base.to_string(), target)],
+            _ => Vec::new(),
+        });
+    }
+    let (mut files, mut dirs, mut seen) = (Vec::new(), vec![(shown, target)], 0);
+    while let Some((shown, dir)) = dirs.pop() {
+        let Ok(mut entries) = engine.list_dir(id, &dir).await else {
+            continue;
+        };
+        entries.sort_by(|a, b| b.name.cmp(&a.name));
+        for e in entries {
+            seen += 1;
+            if seen > MAX_WALK {
+                return Err(dto::daemon_error(
+                    400,
+                    "BAD_REQUEST",
+                    "too many files to walk",
+                ));
+            }
+            let pair = (format!("{shown}/{}", e.name), e.path.clone());
+            match e.kind {
+                FileKind::Directory => dirs.push(pair),
+                FileKind::File => files.push(pair),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[derive(Deserialize)]
+struct PatternQuery {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    pattern: String,
+}
+
+fn path_and_pattern(q: &PatternQuery) -> Result<(), Response> {
+    if q.path.is_empty() || q.pattern.is_empty() {
+        return Err(dto::daemon_error(
+            400,
+            "BAD_REQUEST",
+            "path and pattern are required",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /files/find?path=&pattern=`: lines containing `pattern` (plain text) in the text files
+/// under `path` (a NUL in the first 512 bytes marks a file binary, skipped).
+async fn find_in_files(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<PatternQuery>,
+) -> Response {
+    if let Err(r) = path_and_pattern(&q) {
+        return r;
+    }
+    let files = match walk_files(&app, &id, &q.path).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut matches = Vec::new();
+    for (shown, target) in files {
+        let Ok(data) = app.opts.engine.read_file(&id, &target).await else {
+            continue;
+        };
+        if data.iter().take(512).any(|b| *b == 0) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&data);
+        for (i, line) in text.lines().enumerate() {
+            if line.contains(q.pattern.as_str()) {
+                matches.push(json!({ "file": shown, "line": i + 1, "content": line }));
+            }
+        }
+    }
+    Json(matches).into_response()
+}
+
+/// `GET /files/search?path=&pattern=`: files whose path relative to `path` matches the glob
+/// (`*` within a directory, `**` across them, `?`, `{a,b}`).
+async fn search_files(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<PatternQuery>,
+) -> Response {
+    if let Err(r) = path_and_pattern(&q) {
+        return r;
+    }
+    let glob = match globset::GlobBuilder::new(&q.pattern)
+        .literal_separator(true)
+        .build()
+    {
+        Ok(g) => g.compile_matcher(),
+        Err(_) => {
+            let m = format!("invalid glob pattern: {}", q.pattern);
+            return dto::daemon_error(400, "BAD_REQUEST", &m);
+        }
+    };
+    let files = match walk_files(&app, &id, &q.path).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let base = format!("{}/", q.path.trim_end_matches('/'));
+    let found: Vec<String> = files
+        .into_iter()
+        .map(|(shown, _)| shown)
+        .filter(|shown| glob.is_match(shown.strip_prefix(&base).unwrap_or(shown)))
+        .collect();
+    Json(json!({ "files": found })).into_response()
+}
+
+#[derive(Deserialize)]
+struct ReplaceBody {
+    files: Vec<String>,
+    pattern: String,
+    #[serde(rename = "newValue")]
+    new_value: String,
+}
+
+/// `POST /files/replace`: every occurrence of `pattern` (plain text) in each file replaced; a
+/// result per file, failures included rather than failing the request.
+async fn replace_in_files(
+    State(app): Ctx,
+    Path(id): Path<String>,
+    Json(b): Json<ReplaceBody>,
+) -> Response {
+    let mut results = Vec::new();
+    for file in b.files {
+        let target = match resolve(&app, &id, &file) {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        let engine = &app.opts.engine;
+        let done = async {
+            let data = engine.read_file(&id, &target).await?;
+            let replaced = replace_all(&data, b.pattern.as_bytes(), b.new_value.as_bytes());
+            engine.write_file(&id, &target, replaced, None).await
+        }
+        .await;
+        results.push(match done {
+            Ok(()) => json!({ "file": file, "success": true }),
+            Err(e) => json!({ "file": file, "success": false, "error": e.to_string() }),
+        });
+    }
+    Json(results).into_response()
+}
+
+/// `data` with every occurrence of `from` replaced by `to`, bytes kept as they are (an empty
+/// `from` replaces nothing).
+fn replace_all(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut at = 0;
+    while let Some(i) = emulator_common::find(data, from, at) {
+        out.extend_from_slice(&data[at..i]);
+        out.extend_from_slice(to);
+        at = i + from.len();
+    }
+    out.extend_from_slice(&data[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_all;
+
+    #[test]
+    fn replace_all_keeps_other_bytes() {
+        assert_eq!(replace_all(b"a-b-\xffc-", b"-", b"+="), b"a+=b+=\xffc+=");
+        assert_eq!(replace_all(b"aaa", b"aa", b"b"), b"ba");
+        assert_eq!(replace_all(b"abc", b"", b"x"), b"abc");
     }
 }
