@@ -440,6 +440,17 @@ async fn exec_stdin(sandbox: &Sandbox) -> anyhow::Result<()> {
         "wc -c of 100000 stdin bytes: {:?}",
         c.stdout()
     );
+    // A command that ends without reading its stdin (more than a pipe holds): its own result,
+    // not an error about the input it left.
+    let mut req = ExecRequest::shell("echo early; exit 3");
+    req.stdin = Some(vec![b'y'; 4 << 20]);
+    let c = run(sandbox, req).await?;
+    ensure!(
+        (c.result.exit_code, c.stdout().as_str()) == (3, "early\n"),
+        "a command that did not read 4 MiB of stdin: exit {}, stdout {:?}",
+        c.result.exit_code,
+        c.stdout()
+    );
     Ok(())
 }
 

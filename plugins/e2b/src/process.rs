@@ -80,18 +80,30 @@ pub fn exec(envd: &Envd, request: &ExecRequest) -> Result<ExecResult> {
     if let Some(input) = &request.stdin {
         let pid = wait_start(&mut stream)?;
         let selector = json!({ "pid": pid });
-        for chunk in input.chunks(STDIN_CHUNK) {
+        let delivered = input.chunks(STDIN_CHUNK).try_for_each(|chunk| {
             envd.call(
                 "process.Process",
                 "SendInput",
                 &json!({ "process": selector, "input": { "stdin": kit::b64_encode(chunk) } }),
-            )?;
+            )
+            .map(drop)
+        });
+        let closed = delivered.and_then(|()| {
+            envd.call(
+                "process.Process",
+                "CloseStdin",
+                &json!({ "process": selector }),
+            )
+            .map(drop)
+        });
+        // A command may end without reading its stdin (envd then refuses the input: broken
+        // pipe, or the process is gone): its end event below is the result, as envd says.
+        match closed {
+            Err(e) if kit::input_refused(&e) => {
+                kit::debug!("e2b: pid {pid} took no more stdin ({e:?}); reading its end")
+            }
+            other => other?,
         }
-        envd.call(
-            "process.Process",
-            "CloseStdin",
-            &json!({ "process": selector }),
-        )?;
     }
     loop {
         let msg = match stream.next_message() {

@@ -85,6 +85,11 @@ pub fn not_found(msg: impl Into<String>) -> Error {
 pub fn conflict(msg: impl Into<String>) -> Error {
     Error::Conflict(msg.into())
 }
+/// Whether writing to a process's stdin was refused for the process's state (it ended, or its
+/// stdin is closed) rather than failed: the process's own end is then the result to report.
+pub fn input_refused(e: &Error) -> bool {
+    matches!(e, Error::Conflict(_) | Error::NotFound(_))
+}
 pub fn invalid_argument(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }

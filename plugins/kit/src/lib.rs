@@ -88,8 +88,8 @@ pub use bindings::sandbox::provider::types;
 pub use types::*;
 
 pub use error::{
-    conflict, error_from_status, forbidden, invalid_argument, not_found, provider, quota_exceeded,
-    rate_limited, timeout, unauthorized, unavailable, unsupported, Result,
+    conflict, error_from_status, forbidden, input_refused, invalid_argument, not_found, provider,
+    quota_exceeded, rate_limited, timeout, unauthorized, unavailable, unsupported, Result,
 };
 pub use util::{
     b64_decode, b64_encode, command_argv, command_line, encode_component, encode_path, quote,

@@ -98,7 +98,13 @@ impl Running {
     ) -> Result<i32> {
         let ahead = self.send_ahead(stdin);
         if let Some(data) = stdin {
-            self.stdin(data, ahead.stdin)?;
+            // A command may end without reading its stdin: its exit is then the result.
+            match self.stdin(data, ahead.stdin) {
+                Err(e) if kit::input_refused(&e) => {
+                    kit::debug!("modal: exec {} took no more stdin ({e:?})", self.exec_id)
+                }
+                other => other?,
+            }
         }
         self.read(Fd::Stdout, ahead.stdout, &mut on_stdout)?;
         self.read(Fd::Stderr, ahead.stderr, &mut on_stderr)?;
