@@ -196,7 +196,11 @@ impl SessionStore for SqliteStore {
             .lock()
             .unwrap()
             .execute(
-                concat!("INSERT OR REPLACE INTO sessions (", columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                concat!(
+                    "INSERT OR REPLACE INTO sessions (",
+                    columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
                 params![
                     rec.provider,
                     rec.sandbox_id,

@@ -247,7 +247,9 @@ fn run(base: &str, sid: &str, line: &str, timeout_ms: Option<u64>) -> Result<Exe
         .and_then(|r| r.json::<Finished>());
     let done = match done {
         Ok(done) => done,
-        Err(kit::Error::Timeout(_) | kit::Error::Unavailable(_)) => return poll.until_exit(base, sid),
+        Err(kit::Error::Timeout(_) | kit::Error::Unavailable(_)) => {
+            return poll.until_exit(base, sid)
+        }
         Err(e) => return Err(e),
     };
     // JSON carries text: output that was not UTF-8 came back with U+FFFD in it, and an older
@@ -286,7 +288,9 @@ impl Poll {
     /// The next pause (never past the deadline).
     fn pause(&mut self) -> Duration {
         let pause = match self.deadline {
-            Some(d) => self.delay.min(Duration::from_nanos(d.saturating_sub(kit::monotonic_ns()))),
+            Some(d) => self
+                .delay
+                .min(Duration::from_nanos(d.saturating_sub(kit::monotonic_ns()))),
             None => self.delay,
         };
         self.delay = (self.delay * 2).min(MAX_POLL);
