@@ -7,6 +7,7 @@ stdout, a failing command, a background command killed, text and binary files, s
 by metadata, pause and connect back, a port reached through the emulator, kill, not-found.
 """
 
+import asyncio
 import socket
 import time
 import urllib.error
@@ -15,7 +16,9 @@ import urllib.request
 import pytest
 
 from e2b import (
+    AsyncSandbox,
     CommandExitException,
+    FilesystemEventType,
     FileType,
     NotFoundException,
     Sandbox,
@@ -155,6 +158,19 @@ def test_sdk_scenario(e2b):
         assert not sbx.files.exists("/home/user/move-me.txt")
         with pytest.raises(NotFoundException):
             sbx.files.rename("/home/user/move-me.txt", "/home/user/again.txt")
+        # Watching (recursive): what changed between two looks, names relative to the directory.
+        sbx.files.make_dir("/home/user/watched/sub")
+        watch = sbx.files.watch_dir("/home/user/watched", recursive=True)
+        sbx.files.write("/home/user/watched/a.txt", "1")
+        sbx.files.write("/home/user/watched/sub/b.txt", "2")
+        seen = {(e.name, e.type) for e in watch.get_new_events()}
+        assert seen == {("a.txt", FilesystemEventType.CREATE), ("sub/b.txt", FilesystemEventType.CREATE)}, seen
+        sbx.files.write("/home/user/watched/a.txt", "11")
+        sbx.files.remove("/home/user/watched/sub/b.txt")
+        seen = {(e.name, e.type) for e in watch.get_new_events()}
+        assert seen == {("a.txt", FilesystemEventType.WRITE), ("sub/b.txt", FilesystemEventType.REMOVE)}, seen
+        assert watch.get_new_events() == []
+        watch.stop()
         sbx.files.remove("/home/user/data")
         assert not sbx.files.exists("/home/user/data/blob.bin")
         with pytest.raises(NotFoundException):
@@ -213,6 +229,27 @@ def test_sdk_scenario(e2b):
         Sandbox.get_info(sbx.sandbox_id)
     with pytest.raises(NotFoundException):
         Sandbox.connect(sbx.sandbox_id)
+
+
+def test_watch_dir_streams_changes(e2b):
+    """The async SDK's `watch_dir` (a `WatchDir` server stream): changes arrive as they happen."""
+
+    async def scenario():
+        sbx = await AsyncSandbox.create()
+        try:
+            await sbx.files.make_dir("/home/user/w")
+            events = []
+            handle = await sbx.files.watch_dir("/home/user/w", on_event=events.append)
+            await sbx.files.write("/home/user/w/x.txt", "x")
+            deadline = time.monotonic() + 10
+            while ("x.txt", FilesystemEventType.CREATE) not in {(e.name, e.type) for e in events}:
+                assert time.monotonic() < deadline, f"no CREATE for x.txt: {events}"
+                await asyncio.sleep(0.05)
+            await handle.stop()
+        finally:
+            await sbx.kill()
+
+    asyncio.run(scenario())
 
 
 def test_api_key_and_access_token_are_checked(e2b, monkeypatch):

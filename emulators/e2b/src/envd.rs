@@ -86,6 +86,7 @@ pub async fn handle(emu: Emulator, id: String, req: Request) -> Response {
         (Method::POST, "/init") => StatusCode::NO_CONTENT.into_response(),
         (Method::POST, "/process.Process/Start") => start(&emu, &meta, h, &body).await,
         (Method::POST, "/process.Process/Connect") => attach(&emu, &meta, h, &body).await,
+        (Method::POST, "/filesystem.Filesystem/WatchDir") => watch_dir(&emu, &meta, h, &body).await,
         (Method::POST, p)
             if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") =>
         {
@@ -118,6 +119,9 @@ async fn unary(
         "MakeDir" => make_dir(emu, meta, &msg).await,
         "Remove" => remove(emu, meta, &msg).await,
         "Move" => move_entry(emu, meta, &msg).await,
+        "CreateWatcher" => create_watcher(emu, meta, &msg).await,
+        "GetWatcherEvents" => watcher_events(emu, meta, &msg).await,
+        "RemoveWatcher" => remove_watcher(emu, meta, &msg),
         other => Err(RpcError(
             Code::Unimplemented,
             format!("{other} is not implemented by the emulator"),
@@ -769,6 +773,133 @@ async fn move_entry(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<V
         .await?;
     let st = emu.engine().stat(&meta.local_id, &local).await?;
     Ok(json!({ "entry": entry(&st, home_view(&to)) }))
+}
+
+/// The watcher `watcherId` names, if it watches this sandbox.
+fn watcher(
+    emu: &Emulator,
+    meta: &SandboxMeta,
+    msg: &Value,
+) -> Result<(String, Arc<tokio::sync::Mutex<crate::watch::Watcher>>), RpcError> {
+    let id = path_arg(msg, "watcherId")?;
+    let w = emu.inner.watchers.lock().unwrap().get(&id).cloned();
+    match w {
+        Some((sandbox, w)) if sandbox == meta.id => Ok((id, w)),
+        _ => Err(RpcError(Code::NotFound, format!("watcher {id} not found"))),
+    }
+}
+
+async fn new_watcher(
+    emu: &Emulator,
+    meta: &SandboxMeta,
+    msg: &Value,
+) -> Result<crate::watch::Watcher, RpcError> {
+    let path = path_arg(msg, "path")?;
+    let recursive = msg
+        .get("recursive")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (engine, local) = (emu.engine(), to_local(&path));
+    Ok(crate::watch::Watcher::new(engine, &meta.local_id, &local, recursive).await?)
+}
+
+async fn create_watcher(
+    emu: &Emulator,
+    meta: &SandboxMeta,
+    msg: &Value,
+) -> Result<Value, RpcError> {
+    let w = new_watcher(emu, meta, msg).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    emu.inner.watchers.lock().unwrap().insert(
+        id.clone(),
+        (meta.id.clone(), Arc::new(tokio::sync::Mutex::new(w))),
+    );
+    Ok(json!({ "watcherId": id }))
+}
+
+async fn watcher_events(
+    emu: &Emulator,
+    meta: &SandboxMeta,
+    msg: &Value,
+) -> Result<Value, RpcError> {
+    let (_, w) = watcher(emu, meta, msg)?;
+    let events = w.lock().await.events(emu.engine(), &meta.local_id).await?;
+    Ok(json!({ "events": events }))
+}
+
+fn remove_watcher(emu: &Emulator, meta: &SandboxMeta, msg: &Value) -> Result<Value, RpcError> {
+    let (id, _) = watcher(emu, meta, msg)?;
+    emu.inner.watchers.lock().unwrap().remove(&id);
+    Ok(json!({}))
+}
+
+/// How often a `WatchDir` stream looks for changes.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// `WatchDir`: a `start` event, then each change as a `filesystem` event as it is seen, and
+/// keepalives, until the client goes away (the events are the response's own oneof, not
+/// wrapped in an `event` field as `process.Process` streams are).
+async fn watch_dir(
+    emu: &Emulator,
+    meta: &SandboxMeta,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let msg = match connect::stream_request(body) {
+        Ok(m) => m,
+        Err(e) => return stream_error(e),
+    };
+    let mut w = match new_watcher(emu, meta, &msg).await {
+        Ok(w) => w,
+        Err(e) => return stream_error(e),
+    };
+    let (emu, meta) = (emu.clone(), meta.clone());
+    let keepalive = keepalive_of(headers).unwrap_or(Duration::from_secs(90));
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        if tx
+            .send(connect::message(&json!({ "start": {} })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut quiet_since = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+                _ = tx.closed() => return,
+            }
+            let events = match w.events(emu.engine(), &meta.local_id).await {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(connect::end(Some(&e.into()))).await;
+                    return;
+                }
+            };
+            for e in events {
+                if tx
+                    .send(connect::message(&json!({ "filesystem": e })))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                quiet_since = Instant::now();
+            }
+            if quiet_since.elapsed() >= keepalive {
+                if tx
+                    .send(connect::message(&json!({ "keepalive": {} })))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                quiet_since = Instant::now();
+            }
+        }
+    });
+    stream_response(rx)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ mod paths;
 mod proxy;
 mod state;
 mod time;
+mod watch;
 
 use axum::extract::{Request, State as AxState};
 use axum::middleware::Next;

@@ -31,6 +31,8 @@ pub(crate) struct Inner {
     pub http: crate::proxy::Client,
     /// Serializes creates so an idempotency key is checked and claimed atomically.
     pub create_lock: tokio::sync::Mutex<()>,
+    /// Filesystem watchers by id, with the sandbox each watches.
+    pub watchers: Mutex<HashMap<String, (String, Arc<tokio::sync::Mutex<crate::watch::Watcher>>)>>,
 }
 
 /// What the emulator remembers about one sandbox beyond localbox's record.
@@ -92,6 +94,7 @@ impl Emulator {
                 procs: Mutex::new(HashMap::new()),
                 http: crate::proxy::client(),
                 create_lock: tokio::sync::Mutex::new(()),
+                watchers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -130,6 +133,11 @@ impl Emulator {
     pub(crate) fn forget(&self, id: &str) {
         self.inner.sandboxes.lock().unwrap().remove(id);
         self.inner.procs.lock().unwrap().remove(id);
+        self.inner
+            .watchers
+            .lock()
+            .unwrap()
+            .retain(|_, (of, _)| of != id);
     }
 
     pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut SandboxMeta)) -> Option<SandboxMeta> {
