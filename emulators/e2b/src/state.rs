@@ -32,7 +32,7 @@ pub(crate) struct Inner {
     /// Serializes creates so an idempotency key is checked and claimed atomically.
     pub create_lock: tokio::sync::Mutex<()>,
     /// Filesystem watchers by id, with the sandbox each watches.
-    pub watchers: Mutex<HashMap<String, (String, Arc<tokio::sync::Mutex<crate::watch::Watcher>>)>>,
+    pub watchers: Mutex<HashMap<String, crate::watch::Registered>>,
 }
 
 /// What the emulator remembers about one sandbox beyond localbox's record.

@@ -21,6 +21,9 @@ struct Seen {
     mode: u32,
 }
 
+/// A registered watcher: the E2B sandbox id it watches, and the watcher (one look at a time).
+pub(crate) type Registered = (String, std::sync::Arc<tokio::sync::Mutex<Watcher>>);
+
 /// One watched directory and what it held at the last look.
 pub(crate) struct Watcher {
     /// The directory in localbox's view.
