@@ -389,6 +389,43 @@ pub fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
 }
 
+/// Most entries [`walk`] lists: a runaway tree must not stall an emulator.
+pub const MAX_WALK: usize = 100_000;
+
+/// The entries under the directory `root` (localbox's view) of sandbox `id`, each with its path
+/// relative to `root` (`a`, `sub/b`), through subdirectories when `recursive`. A subdirectory
+/// that cannot be listed (removed meanwhile) is skipped; `root` itself must list. More than
+/// [`MAX_WALK`] entries is an `invalid_argument` error.
+pub async fn walk(
+    engine: &localbox::Engine,
+    id: &str,
+    root: &str,
+    recursive: bool,
+) -> localbox::Result<Vec<(String, localbox::FileStat)>> {
+    let mut all = Vec::new();
+    let mut dirs = vec![(String::new(), root.to_string())];
+    while let Some((prefix, dir)) = dirs.pop() {
+        let entries = match engine.list_dir(id, &dir).await {
+            Ok(e) => e,
+            Err(e) if prefix.is_empty() => return Err(e),
+            Err(_) => continue,
+        };
+        for st in entries {
+            if all.len() >= MAX_WALK {
+                return Err(localbox::Error::invalid(format!(
+                    "more than {MAX_WALK} entries under {root}"
+                )));
+            }
+            let name = format!("{prefix}{}", st.name);
+            if recursive && st.kind == localbox::FileKind::Directory {
+                dirs.push((format!("{name}/"), st.path.clone()));
+            }
+            all.push((name, st));
+        }
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

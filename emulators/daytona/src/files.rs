@@ -327,46 +327,31 @@ async fn move_file(
     }
 }
 
-/// Most entries a find or search walks (the daemon has no limit; a runaway tree must not stall
-/// the emulator).
-const MAX_WALK: usize = 100_000;
-
 /// Regular files under `base` (the client's path) as (the client's path, the sandbox's path),
-/// depth-first in name order; directories that cannot be read are skipped, as the daemon does.
+/// in name order; a directory that cannot be read is skipped, as the daemon does.
 async fn walk_files(app: &App, id: &str, base: &str) -> Result<Vec<(String, String)>, Response> {
     let target = resolve(app, id, base)?;
     let engine = &app.opts.engine;
     let root = engine.stat(id, &target).await.map_err(dto::from_localbox)?;
-    let shown = base.trim_end_matches('/').to_string();
-    if root.kind != FileKind::Directory {
-        return Ok(match root.kind {
-            FileKind::File => vec![(base.to_string(), target)],
-            _ => Vec::new(),
-        });
+    match root.kind {
+        FileKind::Directory => {}
+        FileKind::File => return Ok(vec![(base.to_string(), target)]),
+        _ => return Ok(Vec::new()),
     }
-    let (mut files, mut dirs, mut seen) = (Vec::new(), vec![(shown, target)], 0);
-    while let Some((shown, dir)) = dirs.pop() {
-        let Ok(mut entries) = engine.list_dir(id, &dir).await else {
-            continue;
-        };
-        entries.sort_by(|a, b| b.name.cmp(&a.name));
-        for e in entries {
-            seen += 1;
-            if seen > MAX_WALK {
-                return Err(dto::daemon_error(
-                    400,
-                    "BAD_REQUEST",
-                    "too many files to walk",
-                ));
-            }
-            let pair = (format!("{shown}/{}", e.name), e.path.clone());
-            match e.kind {
-                FileKind::Directory => dirs.push(pair),
-                FileKind::File => files.push(pair),
-                _ => {}
-            }
+    let entries = match emulator_common::walk(engine, id, &target, true).await {
+        Ok(e) => e,
+        // Too many entries; any other failure is the root being unreadable: nothing found.
+        Err(e) if e.code == localbox::ErrorCode::InvalidArgument => {
+            return Err(dto::from_localbox(e))
         }
-    }
+        Err(_) => Vec::new(),
+    };
+    let shown = base.trim_end_matches('/');
+    let mut files: Vec<(String, String)> = entries
+        .into_iter()
+        .filter(|(_, st)| st.kind == FileKind::File)
+        .map(|(rel, st)| (format!("{shown}/{rel}"), st.path))
+        .collect();
     files.sort();
     Ok(files)
 }

@@ -6,11 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use localbox::{Engine, FileKind, FileStat};
+use localbox::{Engine, FileKind};
 use serde_json::{json, Value};
-
-/// Most entries a watcher snapshots (a runaway tree must not stall the emulator).
-const MAX_ENTRIES: usize = 100_000;
 
 /// What a snapshot keeps of an entry: enough to tell a write or a chmod.
 #[derive(PartialEq)]
@@ -93,32 +90,18 @@ impl Watcher {
         engine: &Engine,
         local_id: &str,
     ) -> Result<BTreeMap<String, Seen>, localbox::Error> {
-        let mut all = BTreeMap::new();
-        let mut dirs = vec![(String::new(), self.root.clone())];
-        while let Some((prefix, dir)) = dirs.pop() {
-            // A directory removed meanwhile is simply gone from this look.
-            let entries: Vec<FileStat> = match engine.list_dir(local_id, &dir).await {
-                Ok(e) => e,
-                Err(e) if prefix.is_empty() => return Err(e),
-                Err(_) => continue,
-            };
-            for st in entries {
-                if all.len() >= MAX_ENTRIES {
-                    return Err(localbox::Error::invalid("too many entries to watch"));
-                }
-                let name = format!("{prefix}{}", st.name);
-                if self.recursive && st.kind == FileKind::Directory {
-                    dirs.push((format!("{name}/"), st.path.clone()));
-                }
+        let entries = emulator_common::walk(engine, local_id, &self.root, self.recursive).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, st)| {
                 let seen = Seen {
                     kind: st.kind,
                     size: st.size,
                     modified_ms: st.modified_ms,
                     mode: st.mode,
                 };
-                all.insert(name, seen);
-            }
-        }
-        Ok(all)
+                (name, seen)
+            })
+            .collect())
     }
 }
