@@ -366,7 +366,6 @@ impl Engine {
         id: &str,
         req: ExecRequest,
     ) -> Result<(ExecStream, StdinPipe)> {
-        live_stdin_request(&req)?;
         let (stream, pipe) = self.start_stream(id, req, true)?;
         Ok((stream, pipe.expect("a pipe was asked for")))
     }
@@ -380,9 +379,7 @@ impl Engine {
         self.touch();
         let sandbox = self.sandbox(id)?;
         let launch = self.prepare(&sandbox, &req)?;
-        let with_stdin = live_stdin || req.stdin.is_some();
-        let mut spawned = self.spawn_tracked(&sandbox, &launch, with_stdin, |_, _| {})?;
-        let pipe = live_stdin.then(|| spawned.stdin.take()).flatten();
+        let (spawned, pipe) = self.spawn_tracked(&sandbox, &launch, &req, live_stdin, |_, _| {})?;
         let (tx, rx) = mpsc::channel(16);
         let timeout = req.timeout;
         let stdin = req.stdin;
@@ -417,7 +414,6 @@ impl Engine {
         id: &str,
         req: ExecRequest,
     ) -> Result<(ProcessInfo, StdinPipe)> {
-        live_stdin_request(&req)?;
         let (info, pipe) = self.start_background(id, req, true)?;
         Ok((info, pipe.expect("a pipe was asked for")))
     }
@@ -434,20 +430,19 @@ impl Engine {
         let cap = self.inner.config.process_output_cap;
         let command = req.command.display();
         let mut bg = None;
-        let with_stdin = live_stdin || req.stdin.is_some();
-        let mut spawned = self.spawn_tracked(&sandbox, &launch, with_stdin, |table, sp| {
-            let b = Arc::new(Background::new(
-                table.next_pid(),
-                command,
-                sp.pgid,
-                launch.bwrap,
-                cap,
-            ));
-            table.insert_background(b.clone());
-            bg = Some(b);
-        })?;
+        let (spawned, pipe) =
+            self.spawn_tracked(&sandbox, &launch, &req, live_stdin, |table, sp| {
+                let b = Arc::new(Background::new(
+                    table.next_pid(),
+                    command,
+                    sp.pgid,
+                    launch.bwrap,
+                    cap,
+                ));
+                table.insert_background(b.clone());
+                bg = Some(b);
+            })?;
         let bg = bg.expect("registered by spawn_tracked");
-        let pipe = live_stdin.then(|| spawned.stdin.take()).flatten();
         let info = bg.info();
         let (timeout, stdin) = (req.timeout, req.stdin);
         tokio::spawn(async move {
@@ -724,13 +719,20 @@ impl Engine {
 
     /// Spawns under the sandbox's process-table lock (so `destroy` either sees the new group or
     /// the spawn sees `closed`), registering the group and letting `register` add a record.
+    /// Stdin is a pipe when `req` carries bytes for it (left in `Spawned` for the pump to write)
+    /// or `live_stdin` asks for one (handed back; `req` must then carry no bytes).
     fn spawn_tracked(
         &self,
         sandbox: &Sandbox,
         launch: &Launch,
-        with_stdin: bool,
+        req: &ExecRequest,
+        live_stdin: bool,
         register: impl FnOnce(&mut crate::background::ProcessTable, &Spawned),
-    ) -> Result<Spawned> {
+    ) -> Result<(Spawned, Option<StdinPipe>)> {
+        if live_stdin && req.stdin.is_some() {
+            return Err(Error::invalid("stdin bytes and a stdin pipe are exclusive"));
+        }
+        let with_stdin = live_stdin || req.stdin.is_some();
         let mut procs = sandbox.procs.lock().unwrap();
         if procs.closed {
             return Err(Error::conflict(format!(
@@ -738,7 +740,7 @@ impl Engine {
                 sandbox.id
             )));
         }
-        let spawned =
+        let mut spawned =
             process::spawn(launch, &self.inner.config.limits, with_stdin).map_err(|e| {
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => Error::unavailable(format!(
@@ -757,7 +759,8 @@ impl Engine {
             })?;
         procs.live_groups.insert(spawned.pgid, launch.bwrap);
         register(&mut procs, &spawned);
-        Ok(spawned)
+        let pipe = live_stdin.then(|| spawned.stdin.take()).flatten();
+        Ok((spawned, pipe))
     }
 
     /// Signals everything the sandbox runs.
@@ -897,14 +900,6 @@ impl Engine {
                 }
             }
         });
-    }
-}
-
-/// A request for a live stdin pipe carries no stdin bytes of its own.
-fn live_stdin_request(req: &ExecRequest) -> Result<()> {
-    match req.stdin {
-        Some(_) => Err(Error::invalid("stdin bytes and a stdin pipe are exclusive")),
-        None => Ok(()),
     }
 }
 
