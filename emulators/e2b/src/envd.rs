@@ -284,22 +284,14 @@ async fn spawn(
             .await
             .map(|info| (info, None))
     };
-    let info = match result {
+    match result {
         Ok((info, pipe)) => {
             *p.stdin.lock().await = pipe;
-            Ok(info)
+            let mut st = p.state.lock().unwrap();
+            st.local_pid = Some(info.pid);
+            st.started = Some(Instant::now());
         }
-        Err(e) => Err(e),
-    };
-    {
-        let mut st = p.state.lock().unwrap();
-        match info {
-            Ok(info) => {
-                st.local_pid = Some(info.pid);
-                st.started = Some(Instant::now());
-            }
-            Err(e) => st.failed = Some(e.message),
-        }
+        Err(e) => p.state.lock().unwrap().failed = Some(e.message),
     }
     p.spawned.notify_waiters();
 }
@@ -612,9 +604,8 @@ async fn write_stdin(p: &Proc, input: &Value) -> Result<(), RpcError> {
 /// `StreamInput` (client streaming): a `start` naming the process, then `data` events written
 /// to its stdin as they arrive (`keepalive`s ignored); answered when the client ends the stream.
 /// Stdin stays open afterwards, as after `SendInput`.
-async fn stream_input(emu: &Emulator, meta: &SandboxMeta, body: axum::body::Body) -> Response {
+async fn stream_input(emu: &Emulator, meta: &SandboxMeta, mut body: axum::body::Body) -> Response {
     use http_body_util::BodyExt;
-    let mut body = body;
     let mut buf = Vec::new();
     let mut proc: Option<Arc<Proc>> = None;
     let result: Result<(), RpcError> = async {
