@@ -432,6 +432,7 @@ async fn call_cpu() {
         return;
     };
     let url = emu.url.clone();
+    native_get(&format!("{url}/health")).await;
     let home = tempfile::tempdir().unwrap();
     let config = format!("[plugins.hostile]\nallow = [\"{url}\"]\n");
     for pooling in [false, true] {
@@ -472,6 +473,34 @@ async fn call_cpu() {
         sandbox.destroy().await.unwrap();
     }
     drop(emu);
+}
+
+/// The floor under `exec egress`: the same GET from a plain pooled hyper client on this
+/// runtime, no wasm.
+async fn native_get(url: &str) {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let uri: hyper::Uri = url.parse().unwrap();
+    let get = || async {
+        let resp = client.get(uri.clone()).await.unwrap();
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp.into_body().collect().await.unwrap();
+    };
+    for _ in 0..50 {
+        get().await;
+    }
+    let n = 500;
+    let (t, c) = (Instant::now(), crate::sdk_compare::process_cpu());
+    for _ in 0..n {
+        get().await;
+    }
+    let (w, cpu) = (t.elapsed() / n, (crate::sdk_compare::process_cpu() - c) / n);
+    println!(
+        "native hyper GET (the floor under egress) wall {:7.1} µs  CPU {:7.1} µs",
+        us(w),
+        us(cpu)
+    );
 }
 
 /// Wall and CPU time per sequential `exec` of `argv` (after `warm` unmeasured ones); `calls`

@@ -13,5 +13,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::sandbox::provider::provider::Guest;
 pub use sandbox::provider::types;

@@ -15,9 +15,9 @@ use crate::bindings::types::{
     Capabilities, Check, Endpoint, ExecRequest, ExecResult, FileStat, OutputChunk, PluginInfo,
     ProcessInfo, SandboxRef, SandboxState, Spec,
 };
-use crate::bindings::Guest;
 use crate::error::{Error, ProviderError};
 use crate::host::{Host, RuntimeStatus};
+use crate::plugin::exports::Guest;
 use crate::plugin::state::{CallState, OutputSink};
 use crate::plugin::CallFuture;
 use crate::registry::{now_ms, SessionRecord};

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod executor;
+pub mod exports;
 pub mod runtime;
 pub mod state;
 
@@ -18,13 +19,13 @@ use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::types::PluginInfo;
-use crate::bindings::{Guest, ProviderPluginPre};
 use crate::config::{effective_allowlist, Config, Limits};
 use crate::error::{Error, PluginFault};
 use crate::outbound::client::ClientCache;
 use crate::outbound::{BoundSecret, DenialHandler, Egress};
 use crate::policy::allowlist::Allowlist;
 use cache::{sha256_hex, CompileCache, Origin};
+use exports::{Guest, GuestPre};
 use runtime::{Runtime, TICK};
 use state::{CallState, OutputSink};
 
@@ -48,7 +49,7 @@ pub struct LoadedPlugin {
     /// Names of the secrets that resolved to a value (never the values).
     pub bound_secrets: Vec<String>,
     name: Arc<str>,
-    pre: ProviderPluginPre<CallState>,
+    pre: GuestPre,
     runtime: Arc<Runtime>,
     /// Which of the runtime's call threads runs this plugin's calls.
     thread: usize,
@@ -121,7 +122,7 @@ impl Loader {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_err(path, format!("{e:#}")))?;
-        let pre = ProviderPluginPre::new(pre).map_err(|e| load_err(path, format!("{e:#}")))?;
+        let pre = GuestPre::new(pre).map_err(|e| load_err(path, e))?;
 
         // describe() runs with no network and the default limits.
         let probe = Arc::new(Egress {
@@ -148,7 +149,13 @@ impl Loader {
             &limits,
             None,
             Duration::ZERO,
-            |g, s| Box::pin(g.call_describe(s)),
+            // Every export's signature is checked here, once: calls then skip the check.
+            |g, s| {
+                Box::pin(async move {
+                    g.check_all(s)?;
+                    g.call_describe(s).await
+                })
+            },
         )
         .await
         .map_err(|e| load_err(path, e))?
@@ -386,11 +393,8 @@ impl LoadedPlugin {
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(u64::MAX / 2);
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        instance
-            .sandbox_provider_provider()
-            .call_describe(&mut store)
-            .await?;
+        let guest = self.pre.instantiate(&mut store).await?;
+        guest.call_describe(&mut store).await?;
         Ok(store)
     }
 }
@@ -398,7 +402,7 @@ impl LoadedPlugin {
 #[allow(clippy::too_many_arguments)]
 async fn run_call<R: Send>(
     runtime: &Runtime,
-    pre: &ProviderPluginPre<CallState>,
+    pre: &GuestPre,
     _call: &'static str,
     egress: Arc<Egress>,
     settings: Arc<BTreeMap<String, String>>,
@@ -431,8 +435,8 @@ async fn run_call<R: Send>(
     store.set_epoch_deadline(1);
     let wall = limits.call_timeout + extra_time;
     let outcome = tokio::time::timeout(wall, async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        f(instance.sandbox_provider_provider(), &mut store).await
+        let guest = pre.instantiate(&mut store).await?;
+        f(&guest, &mut store).await
     })
     .await;
     let state = store.data();
