@@ -60,13 +60,6 @@ pub fn demux(log: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
-fn hex(n: usize) -> String {
-    kit::random_bytes(n)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn toolbox(method: Method, base: &str, segments: &[&str]) -> Request {
     request(method, kit::url(base, segments))
 }
@@ -101,7 +94,7 @@ fn delete_session(base: &str, sid: &str) -> Result<()> {
 
 /// Uploads stdin bytes to a temp file the command then reads (binary-safe, unlike `/input`).
 fn upload_stdin(base: &str, data: &[u8]) -> Result<String> {
-    let path = format!("/tmp/.sandbox-host-stdin-{}", hex(8));
+    let path = format!("/tmp/.sandbox-host-stdin-{}", kit::random_hex(8));
     crate::files::upload(base, &path, data.to_vec())?;
     Ok(path)
 }
@@ -206,7 +199,7 @@ pub fn exec(sandbox: &SandboxRef, req: ExecRequest) -> Result<ExecResult> {
         None => None,
     };
     let line = command_line(&req, stdin_file.as_deref())?;
-    let sid = format!("{EXEC_PREFIX}{}", hex(8));
+    let sid = format!("{EXEC_PREFIX}{}", kit::random_hex(8));
     create_session(&base, &sid)?;
     let result = run(&base, &sid, &line, req.timeout_ms);
     let _ = delete_session(&base, &sid);
@@ -382,7 +375,7 @@ pub fn start_process(sandbox: &SandboxRef, req: ExecRequest) -> Result<ProcessIn
         None => None,
     };
     let line = command_line(&req, stdin_file.as_deref())?;
-    let sid = format!("{BG_PREFIX}{}", hex(8));
+    let sid = format!("{BG_PREFIX}{}", kit::random_hex(8));
     create_session(&base, &sid)?;
     let cid = match start(&base, &sid, &line) {
         Ok(c) => c,

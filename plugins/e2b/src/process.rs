@@ -161,11 +161,7 @@ fn wrapper(key: &str, command: &Command, stdin: bool) -> String {
 }
 
 fn random_key() -> String {
-    let hex: String = kit::random_bytes(8)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{TAG_PREFIX}{hex}")
+    format!("{TAG_PREFIX}{}", kit::random_hex(8))
 }
 
 /// Starts a background process; its handle is the tag `sbh-<hex>`.

@@ -487,3 +487,14 @@ pub fn sleep(d: Duration) {
 pub fn random_bytes(n: usize) -> Vec<u8> {
     bindings::wasi::random::random::get_random_bytes(n as u64)
 }
+
+/// `n` random bytes as lowercase hex (`2n` characters): ids, request ids, UUID material.
+pub fn random_hex(n: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * n);
+    for b in random_bytes(n) {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}

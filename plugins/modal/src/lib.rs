@@ -58,8 +58,7 @@ const STREAM_RECONNECTS: u32 = 10;
 // Helpers.
 
 fn exec_id() -> String {
-    let b = kit::random_bytes(16);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = kit::random_hex(16);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

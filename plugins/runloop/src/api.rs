@@ -37,9 +37,7 @@ pub fn request(method: Method, url: String) -> Request {
 
 /// A fresh `x-request-id` (the SDK's shape).
 pub fn new_request_id() -> String {
-    let b = kit::random_bytes(16);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("sandbox-host-{hex}")
+    format!("sandbox-host-{}", kit::random_hex(16))
 }
 
 /// What to do with a non-success answer.
