@@ -162,3 +162,54 @@ async fn a_sha256_pin_refuses_other_bytes() {
     let err = t.host.load_plugin(&path).await.unwrap_err().to_string();
     assert!(err.contains("does not match the pinned"), "{err}");
 }
+
+/// A component exporting the contract's interface under the right names but with signatures
+/// that do not match: refused when it loads (every export is checked then, once), naming the
+/// function, instead of failing calls later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_with_wrong_signatures_are_refused_at_load() {
+    let names = [
+        "describe",
+        "preflight",
+        "create",
+        "get",
+        "list",
+        "pause",
+        "resume",
+        "set-timeout",
+        "destroy",
+        "exec",
+        "start-process",
+        "list-processes",
+        "process-status",
+        "process-output",
+        "signal-process",
+        "read-file",
+        "write-file",
+        "list-dir",
+        "stat",
+        "remove",
+        "mkdir",
+        "port-url",
+    ];
+    let exports: String = names
+        .iter()
+        .map(|n| format!("(export \"{n}\" (func $f))"))
+        .collect();
+    // Every function takes nothing and returns nothing.
+    let component = wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (instance $api {exports})
+            (export "sandbox:provider/provider@0.1.0" (instance $api)))"#
+    ))
+    .unwrap();
+    let t = host_with(&[], "").await;
+    let path = t.plugin_dir().join("mismatched.wasm");
+    std::fs::write(&path, &component).unwrap();
+    let err = t.host.load_plugin(&path).await.unwrap_err().to_string();
+    assert!(err.contains("export `describe`"), "{err}");
+    assert!(t.host.plugins().is_empty());
+}
