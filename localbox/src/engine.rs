@@ -384,13 +384,8 @@ impl Engine {
         let timeout = req.timeout;
         let stdin = req.stdin;
         tokio::spawn(async move {
-            let pgid = spawned.pgid;
             let mut sink = ChannelSink(tx);
-            let sb = sandbox.clone();
-            let out = process::pump(spawned, &mut sink, timeout, stdin, move || {
-                sb.procs.lock().unwrap().live_groups.remove(&pgid);
-            })
-            .await;
+            let out = pump_tracked(sandbox, spawned, &mut sink, timeout, stdin).await;
             let _ = sink.0.send(ExecEvent::Exit(out)).await;
         });
         Ok((ExecStream { rx }, pipe))
@@ -446,13 +441,8 @@ impl Engine {
         let info = bg.info();
         let (timeout, stdin) = (req.timeout, req.stdin);
         tokio::spawn(async move {
-            let pgid = spawned.pgid;
             let mut sink = BufferSink(bg.clone());
-            let sb = sandbox.clone();
-            let out = process::pump(spawned, &mut sink, timeout, stdin, move || {
-                sb.procs.lock().unwrap().live_groups.remove(&pgid);
-            })
-            .await;
+            let out = pump_tracked(sandbox, spawned, &mut sink, timeout, stdin).await;
             bg.finish(out.exit_code);
         });
         Ok((info, pipe))
@@ -901,6 +891,22 @@ impl Engine {
             }
         });
     }
+}
+
+/// [`process::pump`] for a command [`Engine::spawn_tracked`] started in `sandbox`: once the
+/// command is reaped its process group is forgotten (spawn_tracked recorded it).
+async fn pump_tracked<S: process::OutputSink>(
+    sandbox: Arc<Sandbox>,
+    spawned: Spawned,
+    sink: &mut S,
+    timeout: Option<Duration>,
+    stdin: Option<Vec<u8>>,
+) -> ExecOutput {
+    let pgid = spawned.pgid;
+    process::pump(spawned, sink, timeout, stdin, move || {
+        sandbox.procs.lock().unwrap().live_groups.remove(&pgid);
+    })
+    .await
 }
 
 /// Checks that a command's working directory exists (confined, so no symlink leads out).
