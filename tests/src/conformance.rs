@@ -484,7 +484,9 @@ async fn exec_timeout(sandbox: &Sandbox) -> anyhow::Result<()> {
 /// `printf first; sleep 2; printf second`: the first chunk must reach the caller about 2 s
 /// before the call returns.
 async fn exec_streaming(sandbox: &Sandbox) -> anyhow::Result<String> {
-    let c = sh(sandbox, "printf 'first\\n'; sleep 2; printf 'second\\n'").await?;
+    // Three seconds: a provider may hold a command's first second to answer quick commands
+    // in one request (runloop's `execute`); output after that must flow while it runs.
+    let c = sh(sandbox, "printf 'first\\n'; sleep 3; printf 'second\\n'").await?;
     ensure!(
         c.result.exit_code == 0 && c.stdout() == "first\nsecond\n",
         "stdout {:?}",

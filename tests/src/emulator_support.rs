@@ -53,15 +53,32 @@ impl InProcessEmulator {
 
     /// POSTs `body` as JSON to one of the emulator's own endpoints (`/_emulator/…`): the status.
     pub async fn admin(&self, path: &str, body: &serde_json::Value) -> u16 {
-        use http_body_util::Full;
+        self.post(path, &[], body).await.0
+    }
+
+    /// POSTs `body` as JSON to `path` with `headers`; the status and the body of the answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> (u16, String) {
+        use http_body_util::{BodyExt, Full};
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<bytes::Bytes>>();
-        let req = http::Request::post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
+        let mut req = http::Request::post(format!("{}{path}", self.url))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(bytes::Bytes::from(body.to_string())))
             .unwrap();
-        client.request(req).await.unwrap().status().as_u16()
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Live localbox sandboxes behind the emulator.

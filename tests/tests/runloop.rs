@@ -218,7 +218,8 @@ async fn a_dropped_output_stream_resumes_at_the_right_offset() {
     let sink = chunks.clone();
     let result = sandbox
         .exec(
-            ExecRequest::shell("for i in $(seq 1 40); do echo line-$i; sleep 0.02; done"),
+            // 1.8 s: past the 1 s `execute` holds, so the rest is streamed (and cut).
+            ExecRequest::shell("for i in $(seq 1 60); do echo line-$i; sleep 0.03; done"),
             Some(Box::new(move |s, b: &[u8]| {
                 if s == OutputStream::Stdout {
                     sink.lock().unwrap().extend_from_slice(b)
@@ -228,7 +229,7 @@ async fn a_dropped_output_stream_resumes_at_the_right_offset() {
         .await
         .unwrap();
     assert_eq!(result.exit_code, 0);
-    let expected: String = (1..=40).map(|i| format!("line-{i}\n")).collect();
+    let expected: String = (1..=60).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(
         String::from_utf8_lossy(&chunks.lock().unwrap()),
         expected,
@@ -242,4 +243,117 @@ async fn a_dropped_output_stream_resumes_at_the_right_offset() {
     );
     sandbox.destroy().await.unwrap();
     emu.stop().await;
+}
+
+/// `exec` starts with `execute` (one request for a quick command): a start whose answer is
+/// cut off is retried without running the command twice; the emulator keys commands by their
+/// UUIDv7 `command_id`, as the API does; `exec-hold-seconds` chooses between that one request
+/// and streaming from the first byte, and a bad value is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_starts_are_idempotent_and_the_hold_is_a_setting() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["runloop"], &emu.config()).await;
+    let provider = t.host.provider("runloop").unwrap();
+    let sandbox = provider.create(Spec::default()).await.unwrap();
+    let id = sandbox.id().to_string();
+
+    // The first answer to `execute` is cut after the command started: the retry finds it.
+    emu.fault(&format!(
+        "drop:0,count=1,path=/v1/devboxes/{id}/execute,method=POST"
+    ));
+    let r = sandbox
+        .exec(
+            ExecRequest::shell("echo run >> /workspace/runs; wc -l < /workspace/runs"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout_tail).trim(),
+        "1",
+        "a retried start ran the command again"
+    );
+    assert!(emu.faults.list().is_empty(), "the cut was not exercised");
+
+    // The same command_id under two request ids: one execution, one run.
+    let auth = [("authorization", "Bearer test-key")];
+    let path = format!("/v1/devboxes/{id}/execute");
+    let body = serde_json::json!({
+        "command": "echo x >> /workspace/by-id",
+        "command_id": "01923456-789a-7012-b456-789abcdef012",
+    });
+    let (s1, a) = emu
+        .post(&path, &[auth[0], ("x-request-id", "one")], &body)
+        .await;
+    let (s2, b) = emu
+        .post(&path, &[auth[0], ("x-request-id", "two")], &body)
+        .await;
+    assert_eq!((s1, s2), (200, 200), "{a} {b}");
+    let eid =
+        |v: &str| serde_json::from_str::<serde_json::Value>(v).unwrap()["execution_id"].clone();
+    assert_eq!(eid(&a), eid(&b));
+    let lines = sandbox
+        .exec(ExecRequest::shell("wc -l < /workspace/by-id"), None)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&lines.stdout_tail).trim(), "1");
+    let bad = serde_json::json!({ "command": "true", "command_id": "not-a-uuid" });
+    assert_eq!(emu.post(&path, &auth, &bad).await.0, 400);
+
+    // Hold 0: `first` streams at once; the default 1 s hold delivers it about a second in.
+    let held = first_output_lead(&provider, &id).await;
+    let t0 = host_with(
+        &["runloop"],
+        &format!("{}settings.exec-hold-seconds = \"0\"\n", emu.config()),
+    )
+    .await;
+    let live = first_output_lead(&t0.host.provider("runloop").unwrap(), &id).await;
+    assert!(
+        live >= Duration::from_millis(1500) && held < Duration::from_millis(1500),
+        "output before the end: {live:?} with hold 0, {held:?} with the default hold"
+    );
+
+    let tbad = host_with(
+        &["runloop"],
+        &format!("{}settings.exec-hold-seconds = \"soon\"\n", emu.config()),
+    )
+    .await;
+    let err = tbad
+        .host
+        .provider("runloop")
+        .unwrap()
+        .attach(&sandbox.id().to_string())
+        .await
+        .unwrap()
+        .exec(ExecRequest::shell("true"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.provider_error(),
+            Some(ProviderError::InvalidArgument(_))
+        ) && err.to_string().contains("exec-hold-seconds"),
+        "{err:?}"
+    );
+    sandbox.destroy().await.unwrap();
+    emu.stop().await;
+}
+
+/// How long before the end of a 2 s command its first output arrived.
+async fn first_output_lead(provider: &Provider, id: &str) -> Duration {
+    let sandbox = provider.attach(id).await.unwrap();
+    let first = Arc::new(Mutex::new(None));
+    let seen = first.clone();
+    let started = Instant::now();
+    sandbox
+        .exec(
+            ExecRequest::shell("printf first; sleep 2; printf second"),
+            Some(Box::new(move |_, _: &[u8]| {
+                seen.lock().unwrap().get_or_insert(started.elapsed());
+            })),
+        )
+        .await
+        .unwrap();
+    let first = first.lock().unwrap().expect("no output streamed");
+    started.elapsed() - first
 }

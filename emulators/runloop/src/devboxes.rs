@@ -88,6 +88,7 @@ pub(crate) async fn create(
         last_active: Instant::now(),
         executions: HashMap::new(),
         execution_order: Vec::new(),
+        command_ids: HashMap::new(),
     };
     devbox.set_status("provisioning", None);
     if let Some(t) = &body.tunnel {

@@ -39,6 +39,9 @@ pub(crate) struct ExecBody {
     attach_stdin: Option<bool>,
     #[serde(default)]
     optimistic_timeout: Option<u64>,
+    /// `execute` only: the client's UUIDv7 for the command; a repeat returns the first run.
+    #[serde(default)]
+    command_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,10 +156,45 @@ pub(crate) async fn execute(
     Query(q): Query<LastN>,
     Json(b): Json<ExecBody>,
 ) -> Result<Response, ApiError> {
-    let exe = start(&emu, &id, &b.command, false).await?;
+    let exe = match &b.command_id {
+        Some(cid) => {
+            if !is_uuid7(cid) {
+                return Err(ApiError::bad(format!("command_id {cid:?} is not a UUIDv7")));
+            }
+            let known = emu.with_devbox(&id, |d| {
+                Ok(d.command_ids
+                    .get(cid)
+                    .and_then(|e| d.executions.get(e))
+                    .cloned())
+            })?;
+            match known {
+                Some(exe) => exe,
+                None => {
+                    let exe = start(&emu, &id, &b.command, false).await?;
+                    emu.with_devbox(&id, |d| {
+                        d.command_ids.insert(cid.clone(), exe.id.clone());
+                        Ok(())
+                    })?;
+                    exe
+                }
+            }
+        }
+        None => start(&emu, &id, &b.command, false).await?,
+    };
     let limit = Duration::from_secs(b.optimistic_timeout.unwrap_or(25).min(25));
     wait_completed(&exe, limit).await;
     Ok(json_text(exe.view(q.get())))
+}
+
+/// A UUID string (8-4-4-4-12 hex) of version 7, as the API asks of a `command_id`.
+fn is_uuid7(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+        && b[14] == b'7'
 }
 
 /// `execute_async`: answers `running` at once.

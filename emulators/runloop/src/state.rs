@@ -112,6 +112,8 @@ pub(crate) struct Devbox {
     pub executions: HashMap<String, Arc<Execution>>,
     /// Execution ids in start order (for logs).
     pub execution_order: Vec<String>,
+    /// `execute`'s `command_id` → execution id: a retried `execute` runs its command once.
+    pub command_ids: HashMap<String, String>,
 }
 
 impl Devbox {

@@ -40,6 +40,29 @@ pub fn new_request_id() -> String {
     format!("sandbox-host-{}", kit::random_hex(16))
 }
 
+/// A fresh UUIDv7, `execute`'s `command_id` (the API's idempotency key for a command).
+pub fn uuid7() -> String {
+    uuid7_from(kit::now_ms(), &kit::random_hex(10))
+}
+
+/// A UUIDv7 from Unix milliseconds and 20 random hex digits (RFC 9562: 48 bits of time, the
+/// version nibble 7, 12 random bits, the variant bits 10, 62 random bits).
+fn uuid7_from(ms: u64, random_hex: &str) -> String {
+    let t = format!("{:012x}", ms & 0xffff_ffff_ffff);
+    let nibble = char::from(random_hex.as_bytes()[3])
+        .to_digit(16)
+        .unwrap_or(0);
+    let variant = b"89ab"[(nibble & 3) as usize] as char;
+    format!(
+        "{}-{}-7{}-{variant}{}-{}",
+        &t[..8],
+        &t[8..],
+        &random_hex[..3],
+        &random_hex[4..7],
+        &random_hex[7..19]
+    )
+}
+
 /// What to do with a non-success answer.
 enum Verdict {
     Retry(Duration),
@@ -105,8 +128,26 @@ fn transient(e: &Error) -> bool {
 }
 
 /// Sends `req` with retries; `Ok` for 2xx, and for the statuses in `pass` (e.g. a long poll's
-/// 408), which are returned without retrying. Non-GETs get `request_id` (or a fresh one).
+/// 408), which are returned without retrying. Non-GETs get `request_id` (or a fresh one). The
+/// answer's head is returned as is (a stream is read by the caller); see [`send_read`] for
+/// answers read whole.
 pub fn send(req: Request, request_id: Option<&str>, pass: &[u16]) -> Result<Response> {
+    send_then(req, request_id, pass, Ok)
+}
+
+/// [`send`], then the whole body; a connection lost while reading it is retried like one lost
+/// before the head (as the SDK does: the request id, or `execute`'s command id, makes a
+/// repeat of a POST that already took effect answer the first one).
+pub fn send_read(req: Request, request_id: Option<&str>, pass: &[u16]) -> Result<Vec<u8>> {
+    send_then(req, request_id, pass, Response::bytes)
+}
+
+fn send_then<T>(
+    req: Request,
+    request_id: Option<&str>,
+    pass: &[u16],
+    read: impl Fn(Response) -> Result<T>,
+) -> Result<T> {
     let req = if matches!(req.method(), Method::Get) {
         req
     } else {
@@ -121,8 +162,11 @@ pub fn send(req: Request, request_id: Option<&str>, pass: &[u16]) -> Result<Resp
             .clone()
             .header("x-stainless-retry-count", attempt.to_string())
             .send();
-        match sent {
-            Ok(resp) if resp.is_success() || pass.contains(&resp.status()) => return Ok(resp),
+        let failed = match sent {
+            Ok(resp) if resp.is_success() || pass.contains(&resp.status()) => match read(resp) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            },
             Ok(resp) => match verdict(&resp, attempt) {
                 Verdict::Retry(d) => {
                     kit::debug!(
@@ -132,22 +176,25 @@ pub fn send(req: Request, request_id: Option<&str>, pass: &[u16]) -> Result<Resp
                     );
                     drop(resp);
                     kit::sleep(d);
+                    attempt += 1;
+                    continue;
                 }
                 Verdict::Fail => return Err(into_error(resp)),
             },
-            Err(e) if transient(&e) && attempt < MAX_RETRIES => {
-                kit::debug!("{e:?}; retrying");
-                kit::sleep(backoff(attempt));
-            }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        if !(transient(&failed) && attempt < MAX_RETRIES) {
+            return Err(failed);
         }
+        kit::debug!("{failed:?}; retrying");
+        kit::sleep(backoff(attempt));
         attempt += 1;
     }
 }
 
 /// [`send`] a GET and parse the JSON answer.
 pub fn get_json<T: serde::de::DeserializeOwned>(url: String) -> Result<T> {
-    send(request(Method::Get, url), None, &[])?.json()
+    send_then(request(Method::Get, url), None, &[], Response::json)
 }
 
 /// [`send`] a POST with a JSON body and parse the JSON answer.
@@ -156,15 +203,36 @@ pub fn post_json<T: serde::de::DeserializeOwned>(
     body: &serde_json::Value,
     request_id: Option<&str>,
 ) -> Result<T> {
-    send(request(Method::Post, url).json(body), request_id, &[])?.json()
+    send_then(
+        request(Method::Post, url).json(body),
+        request_id,
+        &[],
+        Response::json,
+    )
 }
 
 /// A bodiless POST (`suspend`, `shutdown`, …), answer parsed as JSON.
 pub fn post_empty<T: serde::de::DeserializeOwned>(url: String) -> Result<T> {
-    send(
+    send_then(
         request(Method::Post, url).header("content-type", "application/json"),
         None,
         &[],
-    )?
-    .json()
+        Response::json,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuid7_layout() {
+        let u = super::uuid7_from(0x0192_3456_789a, "0123456789abcdef0123");
+        assert_eq!(u, "01923456-789a-7012-b456-789abcdef012");
+        let u = super::uuid7_from(u64::MAX, "fffcffffffffffffffff");
+        assert_eq!(&u[..14], "ffffffff-ffff-");
+        assert_eq!(
+            &u[14..20],
+            "7fff-8",
+            "version 7; variant bits 10 under any digit (c = 1100)"
+        );
+    }
 }

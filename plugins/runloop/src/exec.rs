@@ -1,5 +1,5 @@
 //! Commands on a devbox: the bash script that gives a command its cwd, env and stdin; the
-//! foreground exec over `execute_async` + SSE; background processes (executions); short helper
+//! foreground exec over `execute` (+ SSE and a completion wait when it runs long); background processes (executions); short helper
 //! commands for the file calls.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use kit::{
 };
 use serde_json::json;
 
-use crate::api::{devboxes, new_request_id, request, send};
+use crate::api::{devboxes, new_request_id, request, send, send_read};
 use crate::text::{bool_field, int_field, string_field, SseParser};
 use crate::Token;
 
@@ -27,6 +27,31 @@ const EXEC_HOLD: Duration = Duration::from_secs(25);
 /// How long a command may run before its stdout is streamed (a quicker one's output comes
 /// whole with its completion).
 const FIRST_LOOK: Duration = Duration::from_millis(100);
+/// The setting: how long `execute` holds its answer for a command to complete (whole
+/// seconds, the API's unit). A command that ends sooner costs one request; a longer one's
+/// output is streamed from then on (from byte 0). `0` streams from the start, at the cost of
+/// a second request per command.
+pub const EXEC_HOLD_SETTING: &str = "exec-hold-seconds";
+const DEFAULT_EXEC_HOLD_SECS: u64 = 1;
+
+fn exec_hold_secs() -> Result<u64> {
+    match kit::setting(EXEC_HOLD_SETTING) {
+        None => Ok(DEFAULT_EXEC_HOLD_SECS),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 25)
+            .ok_or_else(|| {
+                kit::invalid_argument(format!(
+                    "setting {EXEC_HOLD_SETTING} = {v:?}: whole seconds from 0 to 25 expected"
+                ))
+            }),
+    }
+}
+/// Lines of output asked of `execute`'s view, enough that a quick command's output rarely
+/// needs its stream read (the view says when it truncated).
+const VIEW_LINES: &str = "1000";
 /// Exit code of a command killed for its timeout (as coreutils `timeout`).
 const TIMEOUT_EXIT: i32 = 124;
 
@@ -72,8 +97,8 @@ pub fn script(workdir: Option<&str>, request: &ExecRequest, stdin_file: Option<&
     s
 }
 
-/// Starts the request as an execution; its id.
-fn start(sandbox: &SandboxRef, request: &ExecRequest) -> Result<(String, String)> {
+/// The script for `request`, its stdin (if any) uploaded first.
+fn prepare(sandbox: &SandboxRef, request: &ExecRequest) -> Result<String> {
     let token = Token::of(sandbox);
     let stdin_file = match &request.stdin {
         Some(bytes) => {
@@ -83,20 +108,29 @@ fn start(sandbox: &SandboxRef, request: &ExecRequest) -> Result<(String, String)
         }
         None => None,
     };
-    let command = script(token.workdir.as_deref(), request, stdin_file.as_deref());
-    let resp = send(
+    Ok(script(
+        token.workdir.as_deref(),
+        request,
+        stdin_file.as_deref(),
+    ))
+}
+
+/// Starts the request as an execution; its id.
+fn start(sandbox: &SandboxRef, request: &ExecRequest) -> Result<(String, String)> {
+    let command = prepare(sandbox, request)?;
+    let resp = send_read(
         request_post(devboxes(&[&sandbox.id, "execute_async"])?)
             .json(&json!({ "command": command })),
         None,
         &[],
-    )?
-    .bytes()?;
-    let id = string_field(&resp, "execution_id")
-        .ok_or_else(|| kit::provider(0, "execute_async answered no execution_id"))?;
-    Ok((
-        String::from_utf8_lossy(&id).into_owned(),
-        kit::command_line(&request.command),
-    ))
+    )?;
+    Ok((execution_id(&resp)?, kit::command_line(&request.command)))
+}
+
+fn execution_id(view: &[u8]) -> Result<String> {
+    let id = string_field(view, "execution_id")
+        .ok_or_else(|| kit::provider(0, "the devbox answered no execution_id"))?;
+    Ok(String::from_utf8_lossy(&id).into_owned())
 }
 
 fn request_post(url: String) -> kit::http::Request {
@@ -112,12 +146,11 @@ struct View {
 }
 
 fn view(sandbox: &SandboxRef, eid: &str) -> Result<View> {
-    let body = send(
+    let body = send_read(
         request(Method::Get, devboxes(&[&sandbox.id, "executions", eid])?),
         None,
         &[],
-    )?
-    .bytes()?;
+    )?;
     Ok(parse_view(&body))
 }
 
@@ -220,35 +253,64 @@ fn follow(
     }
 }
 
-/// Foreground exec: a `wait_for_status` sent right after the start waits for completion; its
-/// view gives the exit status and the output (a stream is read only when the view truncated
-/// it). A command that ends within [`FIRST_LOOK`] takes these two requests; a longer one has
-/// its stdout streamed live from then on.
+/// Foreground exec: `execute` starts the command and holds its answer up to
+/// [`EXEC_HOLD_SETTING`] (1 s by default) for the completion, so a quick command takes this one request (its
+/// command id, a UUIDv7, makes a retried start run the command once). A command still running
+/// then gets a `wait_for_status` read alongside its stdout stream, which is followed live from
+/// byte 0. A command with less time than that left is started without the hold and gets
+/// [`FIRST_LOOK`] to complete before its stdout is streamed.
 pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
     let mut deadline = request
         .timeout_ms
         .map(|ms| kit::monotonic_ns() + ms * 1_000_000);
-    let (eid, _) = start(sandbox, request)?;
-    let wait_url = devboxes(&[&sandbox.id, "executions", &eid, "wait_for_status"])?;
-    let hold = json!({ "statuses": ["completed"], "timeout_seconds": EXEC_HOLD.as_secs() });
-    // Sent now, answered when the command ends: read alongside the stdout stream.
-    let mut pending = Some(
-        crate::api::request(Method::Post, wait_url)
+    let left =
+        |d: Option<u64>| d.map(|d| Duration::from_nanos(d.saturating_sub(kit::monotonic_ns())));
+    let hold = exec_hold_secs()?;
+    let optimistic = match left(deadline) {
+        Some(t) if t < Duration::from_secs(hold) => 0,
+        _ => hold,
+    };
+    let command = prepare(sandbox, request)?;
+    let url = kit::with_query(
+        &devboxes(&[&sandbox.id, "execute"])?,
+        &[("last_n", VIEW_LINES)],
+    );
+    let started = send_read(
+        request_post(url)
+            .first_byte_timeout(Duration::from_secs(optimistic + 30))
+            .json(&json!({
+                "command": command,
+                "command_id": crate::api::uuid7(),
+                "optimistic_timeout": optimistic,
+            })),
+        None,
+        &[],
+    )?;
+    let eid = execution_id(&started)?;
+    let mut pending = None;
+    let quick = if parse_view(&started).completed {
+        Some(started)
+    } else {
+        let wait_url = devboxes(&[&sandbox.id, "executions", &eid, "wait_for_status"])?;
+        let hold = json!({ "statuses": ["completed"], "timeout_seconds": EXEC_HOLD.as_secs() });
+        // Sent now, answered when the command ends: read alongside the stdout stream.
+        let wait = crate::api::request(Method::Post, wait_url)
             .json(&hold)
             .header("x-request-id", new_request_id())
             .first_byte_timeout(EXEC_HOLD + Duration::from_secs(10))
-            .start()?,
-    );
+            .start()?;
+        let first_look = left(deadline).map_or(FIRST_LOOK, |t| FIRST_LOOK.min(t));
+        if wait.ready_within(first_look) {
+            completed_view(wait.wait())
+        } else {
+            pending = Some(wait);
+            None
+        }
+    }
+    .filter(|body| bool_field(body, "stdout_truncated") != Some(true));
     let mut out = ExecOutput::new();
     let mut timed_out = false;
     let mut offset = 0;
-    let first_look = deadline.map_or(FIRST_LOOK, |d| {
-        FIRST_LOOK.min(Duration::from_nanos(d.saturating_sub(kit::monotonic_ns())))
-    });
-    let quick = pending
-        .take_if(|p| p.ready_within(first_look))
-        .and_then(|p| completed_view(p.wait()))
-        .filter(|body| bool_field(body, "stdout_truncated") != Some(true));
     let done = match quick {
         Some(body) => {
             out.push(OutputStream::Stdout, &parse_view(&body).stdout);
@@ -315,7 +377,7 @@ fn full_view(sandbox: &SandboxRef, eid: &str) -> Result<Vec<u8>> {
         &devboxes(&[&sandbox.id, "executions", eid])?,
         &[("last_n", "1000000")],
     );
-    send(request(Method::Get, url), None, &[])?.bytes()
+    send_read(request(Method::Get, url), None, &[])
 }
 
 pub fn start_process(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ProcessInfo> {
@@ -420,25 +482,22 @@ pub fn kill(sandbox: &SandboxRef, pid: &str) -> Result<()> {
 
 /// Runs a short helper script to completion: (exit status, stdout, stderr).
 pub fn helper(sandbox: &SandboxRef, script: &str) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-    let resp = send(
+    let resp = send_read(
         request_post(kit::with_query(
             &devboxes(&[&sandbox.id, "execute"])?,
             &[("last_n", "100000")],
         ))
         .json(
-            &json!({ "command": script, "command_id": new_request_id(), "optimistic_timeout": 25 }),
+            &json!({ "command": script, "command_id": crate::api::uuid7(), "optimistic_timeout": 25 }),
         ),
         None,
         &[],
-    )?
-    .bytes()?;
+    )?;
     let mut v = parse_view(&resp);
     if !v.completed {
-        let eid = string_field(&resp, "execution_id")
-            .ok_or_else(|| kit::provider(0, "execute answered no execution_id"))?;
-        let eid = String::from_utf8_lossy(&eid).into_owned();
+        let eid = execution_id(&resp)?;
         for _ in 0..120 {
-            let body = send(
+            let body = send_read(
                 request_post(devboxes(&[
                     &sandbox.id,
                     "executions",
@@ -449,8 +508,7 @@ pub fn helper(sandbox: &SandboxRef, script: &str) -> Result<(i32, Vec<u8>, Vec<u
                 .json(&json!({ "statuses": ["completed"], "timeout_seconds": 25 })),
                 None,
                 &[408],
-            )?
-            .bytes()?;
+            )?;
             v = parse_view(&body);
             if v.completed {
                 break;

@@ -6,7 +6,7 @@ use kit::http::Method;
 use kit::{FileKind, FileStat, Result, SandboxRef};
 use serde_json::json;
 
-use crate::api::{devboxes, request, send};
+use crate::api::{devboxes, request, send, send_read};
 use crate::exec::{absolute, helper};
 use crate::Token;
 
@@ -42,7 +42,7 @@ pub fn read(sandbox: &SandboxRef, path: &str) -> Result<Vec<u8>> {
     let req = request(Method::Post, devboxes(&[&sandbox.id, "download_file"])?)
         .json(&json!({ "path": path }))
         .header("accept", "application/octet-stream");
-    send(req, None, &[])?.bytes()
+    send_read(req, None, &[])
 }
 
 pub fn write(sandbox: &SandboxRef, path: &str, data: Vec<u8>, mode: Option<u32>) -> Result<()> {

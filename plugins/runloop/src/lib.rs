@@ -11,9 +11,12 @@
 //!   a `shutdown` devbox is gone (`not-found`, left out of lists).
 //! - pause/resume → suspend/resume + long polls; set-timeout → `keep_alive` (resets the
 //!   keep-alive timer; its length is fixed at create); destroy → shutdown.
-//! - exec → `execute_async` of a bash script (cwd, env, stdin prepared by the script), then the
-//!   stdout SSE stream live (reconnecting from the byte offset reached: nothing repeated or
-//!   lost), the stderr stream, and the execution view for the exit status. A timeout kills it.
+//! - exec → `execute` of a bash script (cwd, env, stdin prepared by the script) with a UUIDv7
+//!   `command_id` and a 1 s optimistic hold (`exec-hold-seconds`): a command done by then costs
+//!   that one request.
+//!   A longer one gets its stdout SSE stream live from byte 0 (reconnecting from the byte
+//!   offset reached: nothing repeated or lost), the stderr stream, and a completion wait for
+//!   the exit status. A timeout kills it.
 //!   Stdin bytes go up as a file first (`send_std_in` takes text only).
 //! - background processes are executions (pid = execution id); output by offset from the SSE
 //!   streams; any signal is `kill`. Their ids are kept in the sandbox token for listing.
@@ -329,6 +332,12 @@ impl kit::Plugin for Runloop {
                     false,
                     Some(DEFAULT_TUNNEL_URL),
                     "Template of a port's URL: {port}, {key} (the devbox's tunnel key) and {base} (the API base URL). The emulator's: {base}/tunnel/{key}/{port}.",
+                ),
+                kit::setting_spec(
+                    exec::EXEC_HOLD_SETTING,
+                    false,
+                    Some("1"),
+                    "Seconds (0-25) an exec's start waits for the command to end: one request for a command done by then, whose output comes whole; a longer one streams from then on. 0 streams from the first byte (two requests per command).",
                 ),
             ],
             credentials: vec![kit::credential(
