@@ -322,7 +322,7 @@ async fn exec_starts_are_idempotent_and_the_hold_is_a_setting() {
         .host
         .provider("runloop")
         .unwrap()
-        .attach(&sandbox.id().to_string())
+        .attach(sandbox.id())
         .await
         .unwrap()
         .exec(ExecRequest::shell("true"), None)
