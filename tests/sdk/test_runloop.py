@@ -98,6 +98,12 @@ def test_lifecycle_exec_files_tunnel(runloop):
     # execute (optimistic wait) and kill.
     r = client.devboxes.execute(box.id, command="echo quick", optimistic_timeout=10)
     assert r.status == "completed" and r.stdout == "quick\n"
+    # The SDK's own UUIDv7 command_id, given twice: one execution, the command run once.
+    from uuid_utils import uuid7  # what the SDK makes its ids with
+    cid = str(uuid7())
+    once = client.devboxes.execute(box.id, command="echo x >> once.txt; wc -l < once.txt", command_id=cid)
+    again = client.devboxes.execute(box.id, command="echo x >> once.txt; wc -l < once.txt", command_id=cid)
+    assert once.execution_id == again.execution_id and again.stdout.strip() == "1", (once, again)
     slow = client.devboxes.execute_async(box.id, command="sleep 60")
     killed = client.devboxes.executions.kill(slow.execution_id, devbox_id=box.id)
     assert killed.status == "completed" and killed.exit_status != 0
