@@ -88,6 +88,9 @@ fn tls_config(ca_files: &[PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
+/// The largest HTTP/2 frame we accept (see `build_clients`).
+const H2_MAX_FRAME: u32 = 1 << 20;
+
 fn build_clients(
     ca_files: &[PathBuf],
     explicit: Arc<RwLock<HashSet<String>>>,
@@ -111,7 +114,11 @@ fn build_clients(
         .wrap_connector(proxy);
     let pool = |b: &mut hyper_util::client::legacy::Builder| {
         b.pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            // HTTP/2 peers may send us DATA frames this large (the default is 16 KiB): a
+            // large answer (a file over gRPC) reaches the plugin in a few reads, not one
+            // per 16 KiB.
+            .http2_max_frame_size(H2_MAX_FRAME);
     };
     let mut b = Client::builder(TokioExecutor::new());
     pool(&mut b);

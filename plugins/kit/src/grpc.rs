@@ -107,44 +107,96 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a byte stream into gRPC messages as the bytes arrive.
+/// The head of a frame carrying `message` (encoded without its large `bytes` field) and then
+/// that field, `tag`, holding `data_len` bytes: the field's bytes follow the head on the wire.
+/// Protobuf reads fields in any order, so the field may come last.
+pub fn frame_head_with_bytes(message: &[u8], tag: u32, data_len: usize) -> Vec<u8> {
+    let mut field = Vec::with_capacity(20);
+    put_varint(&mut field, u64::from(tag) << 3 | 2);
+    put_varint(&mut field, data_len as u64);
+    let len = message.len() + field.len() + data_len;
+    let mut out = Vec::with_capacity(5 + message.len() + field.len());
+    out.push(0);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.extend_from_slice(&field);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Largest buffer reserved up front from a message's declared length (a longer message still
+/// arrives, in a growing buffer): a peer cannot make the plugin allocate by claiming a size.
+const PRESIZE_LIMIT: usize = 16 << 20;
+
+/// Splits a byte stream into gRPC messages as the bytes arrive. Each message's bytes are
+/// gathered once, into a buffer sized from its prefix (a large message arrives in many
+/// HTTP/2 DATA frames; it is neither regrown nor copied out again).
 #[derive(Debug, Default)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    start: usize,
+    /// Bytes of the next prefix, until all five are in.
+    head: Vec<u8>,
+    /// The message being gathered: its declared length and its bytes so far.
+    body: Option<(usize, Vec<u8>)>,
+    ready: std::collections::VecDeque<Vec<u8>>,
+    compressed: bool,
 }
 
 impl FrameReader {
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.compressed {
+            match &mut self.body {
+                None => {
+                    let take = (5 - self.head.len()).min(bytes.len());
+                    self.head.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.head.len() == 5 {
+                        if self.head[0] != 0 {
+                            self.compressed = true;
+                            return;
+                        }
+                        let h = &self.head;
+                        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                        self.head.clear();
+                        self.body = Some((len, Vec::with_capacity(len.min(PRESIZE_LIMIT))));
+                    }
+                }
+                Some((len, buf)) => {
+                    let take = (*len - buf.len()).min(bytes.len());
+                    buf.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                }
+            }
+            if let Some((len, buf)) = &self.body {
+                if buf.len() == *len {
+                    let (_, buf) = self.body.take().expect("checked above");
+                    self.ready.push_back(buf);
+                }
+            }
         }
-        self.buf.extend_from_slice(bytes);
     }
     /// The next complete message, if one has arrived.
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, GrpcError> {
-        let rest = &self.buf[self.start..];
-        if rest.len() < 5 {
-            return Ok(None);
+        if let Some(m) = self.ready.pop_front() {
+            return Ok(Some(m));
         }
-        if rest[0] != 0 {
+        if self.compressed {
             return Err(GrpcError::Status {
                 code: code::INTERNAL,
                 message: "compressed gRPC message (not requested)".into(),
             });
         }
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        if rest.len() < 5 + len {
-            return Ok(None);
-        }
-        let msg = rest[5..5 + len].to_vec();
-        self.start += 5 + len;
-        Ok(Some(msg))
+        Ok(None)
     }
     /// Bytes of an incomplete message left over.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.head.len() + self.body.as_ref().map_or(0, |(_, b)| 5 + b.len())
     }
 }
 
@@ -255,10 +307,13 @@ impl Call {
     }
 
     fn request(&self, message: &[u8]) -> Request {
-        let mut r = Request::post(&self.url)
+        self.request_with(Request::post(&self.url).body(frame(message)))
+    }
+
+    fn request_with(&self, r: Request) -> Request {
+        let mut r = r
             .header("content-type", "application/grpc")
-            .connect_timeout(Duration::from_secs(10))
-            .body(frame(message));
+            .connect_timeout(Duration::from_secs(10));
         for (k, v) in &self.metadata {
             r = r.header(k, v);
         }
@@ -284,6 +339,23 @@ impl Call {
             .request(message)
             .start()
             .map_err(GrpcError::Transport)?;
+        Ok(PendingCall(sent))
+    }
+}
+
+impl Call {
+    /// [`start`](Call::start) for a message with one large `bytes` field (stdin, a file),
+    /// encoded without it in `message`: `data` goes out as field `tag` straight from the
+    /// caller's buffer, not copied into the frame.
+    pub fn start_with_bytes(
+        &self,
+        message: &[u8],
+        tag: u32,
+        data: std::rc::Rc<Vec<u8>>,
+    ) -> Result<PendingCall, GrpcError> {
+        let head = frame_head_with_bytes(message, tag, data.len());
+        let r = Request::post(&self.url).body_shared(vec![std::rc::Rc::new(head), data]);
+        let sent = self.request_with(r).start().map_err(GrpcError::Transport)?;
         Ok(PendingCall(sent))
     }
 }
@@ -416,6 +488,38 @@ mod tests {
         assert_eq!(r.next_message().unwrap().unwrap(), b"world");
         assert_eq!(r.next_message().unwrap(), None);
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn a_large_bytes_field_follows_the_head() {
+        // Field 1 = varint 1, then field 4 (bytes) = "abc" appended after the head.
+        let mut wire = frame_head_with_bytes(b"\x08\x01", 4, 3);
+        wire.extend_from_slice(b"abc");
+        let mut r = FrameReader::default();
+        r.push(&wire);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"\x08\x01\x22\x03abc");
+        // A length needing two varint bytes (300 = 0xac 0x02).
+        let head = frame_head_with_bytes(b"", 4, 300);
+        assert_eq!(&head[5..], b"\x22\xac\x02");
+        assert_eq!(
+            u32::from_be_bytes([head[1], head[2], head[3], head[4]]),
+            303
+        );
+    }
+
+    #[test]
+    fn a_claimed_length_does_not_reserve_memory_and_compression_is_refused() {
+        let mut r = FrameReader::default();
+        r.push(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2]);
+        assert_eq!(r.next_message().unwrap(), None);
+        assert_eq!(r.pending(), 7);
+        let (_, buf) = r.body.as_ref().unwrap();
+        assert!(buf.capacity() <= PRESIZE_LIMIT);
+        let mut r = FrameReader::default();
+        r.push(&frame(b"ok"));
+        r.push(&[1, 0, 0, 0, 1, 9]);
+        assert_eq!(r.next_message().unwrap().unwrap(), b"ok");
+        assert!(r.next_message().is_err());
     }
 
     #[test]

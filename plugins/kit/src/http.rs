@@ -143,6 +143,12 @@ impl Request {
         self.body = parts.into_iter().map(Rc::new).collect();
         self
     }
+    /// [`body_parts`](Request::body_parts) with parts the caller keeps too (e.g. data it may
+    /// have to send again in another request): shared, not copied.
+    pub fn body_shared(mut self, parts: Vec<Rc<Vec<u8>>>) -> Request {
+        self.body = parts;
+        self
+    }
     /// Sets the connect, first-byte and between-bytes timeouts at once (wasi:http has no
     /// whole-request timeout). The host may cap them further.
     pub fn timeout(self, d: Duration) -> Request {

@@ -54,7 +54,7 @@ impl Running {
     /// other and the command: stdin with its end (when it fits one write), both output streams
     /// and the wait. A call that cannot be sent, or is refused (an expired JWT, …), is simply
     /// asked again the ordinary way.
-    pub(crate) fn send_ahead(&self, stdin: Option<&[u8]>) -> Ahead {
+    pub(crate) fn send_ahead(&self, stdin: Option<&Rc<Vec<u8>>>) -> Ahead {
         let r = self.token.router();
         let ids = (self.token.task.clone(), self.exec_id.clone());
         let read = |fd: tr::TaskExecStdioFileDescriptor| {
@@ -71,10 +71,16 @@ impl Running {
                 task_id: ids.0.clone(),
                 exec_id: ids.1.clone(),
                 offset: 0,
-                data: stdin.to_vec(),
+                data: Vec::new(),
                 eof: true,
             };
-            r.start("TaskExecStdinWrite", &req, Duration::from_secs(120))
+            r.start_with_bytes(
+                "TaskExecStdinWrite",
+                &req,
+                STDIN_DATA_TAG,
+                stdin.clone(),
+                Duration::from_secs(120),
+            )
         });
         let wait = tr::TaskExecWaitRequest {
             task_id: ids.0.clone(),
@@ -92,14 +98,14 @@ impl Running {
     /// stderr delivered in that order as they arrive; the exit code.
     pub(crate) fn finish(
         mut self,
-        stdin: Option<&[u8]>,
-        mut on_stdout: impl FnMut(&[u8]),
-        mut on_stderr: impl FnMut(&[u8]),
+        stdin: Option<Rc<Vec<u8>>>,
+        mut on_stdout: impl FnMut(Vec<u8>),
+        mut on_stderr: impl FnMut(Vec<u8>),
     ) -> Result<i32> {
-        let ahead = self.send_ahead(stdin);
+        let ahead = self.send_ahead(stdin.as_ref());
         if let Some(data) = stdin {
             // A command may end without reading its stdin: its exit is then the result.
-            match self.stdin(data, ahead.stdin) {
+            match self.stdin(&data, ahead.stdin) {
                 Err(e) if kit::input_refused(&e) => {
                     kit::debug!("modal: exec {} took no more stdin ({e:?})", self.exec_id)
                 }
@@ -147,7 +153,7 @@ impl Running {
         &mut self,
         fd: tr::TaskExecStdioFileDescriptor,
         mut ahead: Option<PendingCall>,
-        mut sink: impl FnMut(&[u8]),
+        mut sink: impl FnMut(Vec<u8>),
     ) -> Result<()> {
         let mut offset = 0u64;
         let mut failures = 0;
@@ -178,12 +184,9 @@ impl Running {
             loop {
                 match stream.next_message() {
                     Ok(Some(bytes)) => {
-                        let m = <tr::TaskExecStdioReadResponse as prost::Message>::decode(
-                            bytes.as_slice(),
-                        )
-                        .map_err(|e| kit::provider(0, format!("malformed output message: {e}")))?;
-                        offset += m.data.len() as u64;
-                        sink(&m.data);
+                        let data = stdio_data(bytes)?;
+                        offset += data.len() as u64;
+                        sink(data);
                     }
                     Ok(None) => return Ok(()),
                     Err(e) if e.is_retryable() && failures < STREAM_RECONNECTS => {
@@ -232,5 +235,60 @@ impl Running {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The output bytes of a `TaskExecStdioReadResponse`. Its only field is `data` (1, bytes): a
+/// message that is just that field gives up its own buffer, the 2–6 byte field head shifted
+/// out in place (a large chunk is not copied into a new one); anything else is decoded.
+fn stdio_data(mut message: Vec<u8>) -> Result<Vec<u8>> {
+    if let Some(head) = data_field_head(&message) {
+        message.drain(..head);
+        return Ok(message);
+    }
+    <tr::TaskExecStdioReadResponse as prost::Message>::decode(message.as_slice())
+        .map(|m| m.data)
+        .map_err(|e| kit::provider(0, format!("malformed output message: {e}")))
+}
+
+/// The length of the head of field 1 (bytes) when it spans exactly the rest of `message`.
+fn data_field_head(message: &[u8]) -> Option<usize> {
+    if message.first() != Some(&0x0a) {
+        return None;
+    }
+    let mut len = 0u64;
+    for (i, b) in message.iter().enumerate().skip(1).take(10) {
+        len |= u64::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let head = i + 1;
+            return (head as u64 + len == message.len() as u64).then_some(head);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod stdio_tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn output_messages_give_up_their_buffers() {
+        for n in [0usize, 5, 127, 128, 300, 70_000] {
+            let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let wire = tr::TaskExecStdioReadResponse { data: data.clone() }.encode_to_vec();
+            if n > 0 {
+                assert!(data_field_head(&wire).is_some(), "{n}");
+            }
+            assert_eq!(stdio_data(wire).unwrap(), data, "{n}");
+        }
+        // A field the fast path does not know: decoded the ordinary way.
+        let mut wire = tr::TaskExecStdioReadResponse {
+            data: b"ab".to_vec(),
+        }
+        .encode_to_vec();
+        wire.extend_from_slice(&[0x10, 0x01]);
+        assert_eq!(data_field_head(&wire), None);
+        assert_eq!(stdio_data(wire).unwrap(), b"ab");
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 pub(crate) fn fs_tool(
     sandbox: &SandboxRef,
     command: serde_json::Value,
-    stdin: Option<&[u8]>,
+    stdin: Option<Rc<Vec<u8>>>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let token = token_for(sandbox)?;
     let run = Running::start(
@@ -18,12 +18,17 @@ pub(crate) fn fs_tool(
         None,
     )?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run.finish(
-        stdin,
-        |b| out.extend_from_slice(b),
-        |b| err.extend_from_slice(b),
-    )?;
+    let code = run.finish(stdin, |b| append(&mut out, b), |b| append(&mut err, b))?;
     Ok((code, out, err))
+}
+
+/// `b` added to `out`, taken whole when `out` is still empty (a file read in one message).
+fn append(out: &mut Vec<u8>, b: Vec<u8>) {
+    if out.is_empty() {
+        *out = b;
+    } else {
+        out.extend_from_slice(&b);
+    }
 }
 
 /// fs-tools' failure (`{"error_kind","message"}` on stderr) as the contract's error.
@@ -59,7 +64,7 @@ pub(crate) fn fs_ok(
     sandbox: &SandboxRef,
     path: &str,
     command: serde_json::Value,
-    stdin: Option<&[u8]>,
+    stdin: Option<Rc<Vec<u8>>>,
 ) -> Result<Vec<u8>> {
     let (code, out, err) = fs_tool(sandbox, command, stdin)?;
     if code != 0 {

@@ -21,6 +21,7 @@ mod rpc;
 mod settings;
 mod token;
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kit::grpc::{code, GrpcError, PendingCall};
@@ -51,6 +52,8 @@ const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 const FS_TOOLS: &str = "/__modal/.bin/modal-sandbox-fs-tools";
 /// Stdin and file uploads go out in pieces of this size.
 const STDIN_CHUNK: usize = 4 << 20;
+/// `TaskExecStdinWriteRequest.data`: sent from the caller's buffer (see `Router::start_with_bytes`).
+const STDIN_DATA_TAG: u32 = 4;
 /// How often a broken output stream is reopened (from its byte offset) before giving up.
 const STREAM_RECONNECTS: u32 = 10;
 
@@ -420,11 +423,11 @@ impl kit::Plugin for Modal {
         // The contract's stdin is closed after its bytes (none: closed at once), so a command
         // that reads stdin ends instead of waiting forever as it would on Modal.
         let out = std::cell::RefCell::new(ExecOutput::new());
-        let stdin = request.stdin.as_deref().unwrap_or(&[]);
+        let stdin = Rc::new(request.stdin.unwrap_or_default());
         let code = run.finish(
             Some(stdin),
-            |b| out.borrow_mut().stdout(b),
-            |b| out.borrow_mut().stderr(b),
+            |b| out.borrow_mut().stdout(&b),
+            |b| out.borrow_mut().stderr(&b),
         )?;
         let out = out.into_inner();
         let timed_out = request.timeout_ms.is_some_and(|ms| {
@@ -454,7 +457,7 @@ impl kit::Plugin for Modal {
             &sandbox,
             &p,
             serde_json::json!({"WriteFile": {"path": p}}),
-            Some(&data),
+            Some(Rc::new(data)),
         )?;
         if let Some(mode) = mode {
             // fs-tools has no mode: set it with chmod.
@@ -468,7 +471,7 @@ impl kit::Plugin for Modal {
                 None,
             )?;
             let mut err = Vec::new();
-            let code = run.finish(None, |_| {}, |b| err.extend_from_slice(b))?;
+            let code = run.finish(None, |_| {}, |b| err.extend_from_slice(&b))?;
             if code != 0 {
                 return Err(kit::provider(
                     0,

@@ -2,6 +2,7 @@
 //! host from the operator's secrets, plus a short-lived `x-modal-auth-token` on `*V2` calls)
 //! and the per-task command router (only `authorization: Bearer <router jwt>`).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use kit::grpc::{Call, GrpcError, PendingCall, ServerStream};
@@ -116,6 +117,21 @@ impl Router {
         deadline: Duration,
     ) -> Option<PendingCall> {
         self.call(method, deadline).start(&req.encode_to_vec()).ok()
+    }
+
+    /// [`start`](Router::start) for a request whose `bytes` field `tag` is left empty in `req`
+    /// and sent from `data` as it is (stdin, a file's contents: not copied into the frame).
+    pub fn start_with_bytes<Req: Message>(
+        &self,
+        method: &str,
+        req: &Req,
+        tag: u32,
+        data: Rc<Vec<u8>>,
+        deadline: Duration,
+    ) -> Option<PendingCall> {
+        self.call(method, deadline)
+            .start_with_bytes(&req.encode_to_vec(), tag, data)
+            .ok()
     }
 
     /// Opens a server-streaming router call.
