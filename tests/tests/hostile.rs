@@ -93,6 +93,35 @@ async fn spin_loop_is_stopped_by_the_cpu_budget() {
     );
 }
 
+/// An idle host's epoch ticker sleeps instead of waking a hundred times a second; the next
+/// call wakes it, so a spin loop after a quiet spell is still stopped by the CPU budget (were
+/// it not woken, the spin would run into the 2 s call timeout instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_budget_holds_after_the_epoch_ticker_slept() {
+    let f = fixture().await;
+    let hostile = f.t.host.provider("hostile").unwrap();
+    let sandbox = hostile.create(Spec::default()).await.unwrap();
+    let plugin = f.t.host.plugins().into_iter().next().unwrap();
+    let before = plugin.epoch_ticker_parks();
+    let quiet = std::time::Instant::now();
+    while plugin.epoch_ticker_parks() == before {
+        assert!(
+            quiet.elapsed() < std::time::Duration::from_secs(10),
+            "the ticker never went to sleep on an idle host"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Bounded here too: with the epoch stalled, neither the budget nor the call timeout (which
+    // needs the spinning call to yield) would ever end it.
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sandbox.exec(ExecRequest::argv(["spin"]), None),
+    )
+    .await
+    .expect("the spin was never stopped: the epoch ticker did not wake up");
+    assert!(matches!(fault(&r), PluginFault::CpuBudget(_)), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_stopped_by_the_memory_limit() {
     let f = fixture().await;

@@ -379,6 +379,12 @@ impl LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// How many times the engine's epoch ticker went to sleep for want of calls (tests).
+    #[doc(hidden)]
+    pub fn epoch_ticker_parks(&self) -> usize {
+        self.runtime.ticker.parks()
+    }
+
     /// Instantiates the plugin and keeps the instance alive, for measuring memory per idle
     /// instance (benchmarks). Not used to serve calls.
     #[doc(hidden)]
@@ -411,6 +417,8 @@ async fn run_call<R: Send>(
     extra_time: Duration,
     f: impl for<'a> FnOnce(&'a Guest, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
 ) -> Result<(R, Option<String>), PluginFault> {
+    // The epoch must advance while this call's wasm runs (its CPU budget).
+    let _awake = runtime.ticker.awake();
     let state = CallState::new(
         egress.plugin.clone(),
         egress,

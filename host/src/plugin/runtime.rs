@@ -1,6 +1,6 @@
 //! The one wasmtime Engine, its epoch ticker, and the Linker every plugin is instantiated with.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,12 +40,12 @@ pub struct Runtime {
     pub engine: Engine,
     pub linker: Linker<CallState>,
     pub calls: CallExecutor,
-    stop: Arc<AtomicBool>,
+    pub ticker: Ticker,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -61,8 +61,7 @@ impl Runtime {
             false => Engine::new(&config(false))?,
         };
         let linker = build_linker(&engine)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), stop.clone());
+        let ticker = Ticker::spawn(engine.clone());
         let threads = match opts.call_threads {
             0 => super::executor::default_threads(),
             n => n,
@@ -71,7 +70,7 @@ impl Runtime {
             engine,
             linker,
             calls: CallExecutor::new(threads)?,
-            stop,
+            ticker,
         })
     }
 
@@ -85,16 +84,91 @@ impl Runtime {
     }
 }
 
-fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    std::thread::Builder::new()
-        .name("wasm-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                engine.increment_epoch();
-            }
-        })
-        .expect("spawn epoch thread");
+/// Ticks without a call in flight after which the ticker sleeps until the next call.
+const IDLE_TICKS: u32 = 100;
+
+/// Advances the engine's epoch every [`TICK`] while calls run, which is what stops a plugin
+/// that computes past its CPU budget and makes a busy one yield. An idle host does not wake
+/// up a hundred times a second for nothing: after [`IDLE_TICKS`] without a call the thread
+/// parks, and the next call wakes it.
+pub struct Ticker {
+    shared: Arc<TickerState>,
+    thread: std::thread::Thread,
+}
+
+#[derive(Default)]
+struct TickerState {
+    busy: AtomicUsize,
+    parked: AtomicBool,
+    stop: AtomicBool,
+    /// Times the thread parked (for tests).
+    parks: AtomicUsize,
+}
+
+/// A call in flight: keeps the ticker awake until dropped.
+pub struct Awake<'a>(&'a Ticker);
+
+impl Drop for Awake<'_> {
+    fn drop(&mut self) {
+        self.0.shared.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ticker {
+    fn spawn(engine: Engine) -> Ticker {
+        let shared = Arc::new(TickerState::default());
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                let mut idle = 0;
+                while !s.stop.load(Ordering::Relaxed) {
+                    if s.busy.load(Ordering::SeqCst) > 0 {
+                        idle = 0;
+                    } else if idle >= IDLE_TICKS {
+                        // Announce the park, then look again: a call starting meanwhile
+                        // either is seen here or sees `parked` and unparks (SeqCst both ways;
+                        // an unpark before the park makes the park return at once).
+                        s.parked.store(true, Ordering::SeqCst);
+                        if s.busy.load(Ordering::SeqCst) == 0 && !s.stop.load(Ordering::SeqCst) {
+                            s.parks.fetch_add(1, Ordering::Relaxed);
+                            std::thread::park();
+                        }
+                        s.parked.store(false, Ordering::SeqCst);
+                        idle = 0;
+                        continue;
+                    } else {
+                        idle += 1;
+                    }
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch thread");
+        Ticker {
+            shared,
+            thread: thread.thread().clone(),
+        }
+    }
+
+    /// Marks a call in flight (wakes the ticker if it sleeps) until the guard is dropped.
+    pub fn awake(&self) -> Awake<'_> {
+        self.shared.busy.fetch_add(1, Ordering::SeqCst);
+        if self.shared.parked.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+        Awake(self)
+    }
+
+    /// How many times the ticker went to sleep for want of calls.
+    pub fn parks(&self) -> usize {
+        self.shared.parks.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
 }
 
 fn config(pooling: bool) -> wasmtime::Config {
