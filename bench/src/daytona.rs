@@ -29,6 +29,7 @@ def scenario():
                 ("DAYTONA_API_URL", format!("{url}/api")),
             ]
         },
+        native: None,
     })
     .await
 }

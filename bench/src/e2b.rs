@@ -33,6 +33,7 @@ def scenario():
                 ("E2B_SANDBOX_URL", url.into()),
             ]
         },
+        native: None,
     })
     .await
 }

@@ -3,6 +3,7 @@
 
 mod daytona;
 mod modal;
+mod native;
 mod runloop;
 mod sdk_compare;
 mod serve;

@@ -39,6 +39,7 @@ def scenario():
                 ("MODAL_CONFIG_PATH", home.join("modal.toml").display().to_string()),
             ]
         },
+        native: None,
     })
     .await
 }

@@ -10,6 +10,9 @@
 //! on, so the floor under either side's wall time), and the ratios against the goals
 //! (wall ≤ 0.5x, CPU ≤ 0.2x).
 //!
+//! Where a provider has one ([`Comparison::native`]), a native client sends the plugin's
+//! requests from plain hyper against the host's emulator too: what any client pays here.
+//!
 //! For finding where time goes: `BENCH_STEPS=1` prints each round's per-step times,
 //! `BENCH_ROUNDS=N` changes the number of timed rounds, `BENCH_ONLY_OURS=1` skips the SDK side.
 
@@ -17,6 +20,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sandbox_host::types::{ExecRequest, Spec};
@@ -47,6 +51,8 @@ pub struct Comparison {
     pub sdk_code: &'static str,
     /// The SDK process's environment, given the emulator's base URL and a scratch HOME.
     pub sdk_env: fn(url: &str, home: &Path) -> Vec<(&'static str, String)>,
+    /// The plugin's requests sent natively (see [`crate::native`]), where written.
+    pub native: Option<crate::native::Scenario>,
 }
 
 /// What wraps every `sdk_code`: the shared data and the timing loop (one `wall cpu` line,
@@ -414,6 +420,38 @@ fn ours(
     })
 }
 
+/// The native client's side: the plugin's requests from plain hyper on a current-thread
+/// runtime, this process's CPU time per round.
+fn native(scenario: crate::native::Scenario, url: String, emu_pid: u32) -> anyhow::Result<Side> {
+    Side::start(NATIVE, emu_pid, move |mut go, done| {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return drop(done.send(Err(e.into()))),
+        };
+        rt.block_on(async move {
+            let data: Arc<Vec<u8>> = Arc::new((0..FILE_BYTES).map(|i| (i * 7 + 3) as u8).collect());
+            let http = Arc::new(crate::native::Http::new("Bearer bench"));
+            let round = || scenario(http.clone(), url.clone(), data.clone());
+            let warm = round().await;
+            let _ = done.send(warm.map(|()| Default::default()));
+            while go.recv().await.is_some() {
+                let (w, cpu) = (Instant::now(), process_cpu());
+                let r = round().await;
+                let timed = (w.elapsed(), process_cpu().saturating_sub(cpu));
+                if done.send(r.map(|()| timed)).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+}
+
+const NATIVE: &str = "native client (no plugin)";
+const SDK: &str = "official SDK";
+
 /// The official SDK's side: one Python process that warms up, then runs a round per line on
 /// its stdin and prints its wall and CPU time (timed inside Python).
 fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<Side> {
@@ -431,7 +469,7 @@ fn theirs(c: Comparison, py: &Path, url: &str, emu_pid: u32) -> anyhow::Result<S
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    Side::start("official SDK", emu_pid, move |mut go, done| {
+    Side::start(SDK, emu_pid, move |mut go, done| {
         let _home = home;
         let mut stdin = child.stdin.take().expect("piped");
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -528,6 +566,9 @@ fn take_turns(c: Comparison, bin: &Path, py: &Path) -> anyhow::Result<Vec<(&'sta
             },
         )?,
     ];
+    if let Some(scenario) = c.native {
+        sides.push(native(scenario, emu.url.clone(), pid)?);
+    }
     let sdk_emu = match std::env::var_os("BENCH_ONLY_OURS") {
         Some(_) => None,
         None => {
@@ -565,11 +606,11 @@ async fn compare(c: &Comparison, bin: &Path, py: &Path) -> anyhow::Result<()> {
             ms(emu.commands)
         );
     }
-    let Some(&(_, sdk)) = rows.get(2) else {
+    let Some(&(_, sdk)) = rows.iter().find(|(name, _)| *name == SDK) else {
         return Ok(());
     };
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
-    for (name, (wall, cpu, _)) in &rows[..2] {
+    for (name, (wall, cpu, _)) in rows.iter().filter(|(name, _)| *name != SDK) {
         println!(
             "   ratio {name:<30} / SDK  wall {:>5.2}x (goal ≤ 0.5x)   CPU {:>5.2}x (goal ≤ 0.2x)",
             ratio(*wall, sdk.0),
