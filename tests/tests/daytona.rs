@@ -238,3 +238,45 @@ async fn exec_survives_a_lost_synchronous_answer() {
     sb.destroy().await.unwrap();
     emu.shutdown().await;
 }
+
+/// An exec's session is deleted after its answer (off the caller's wait, as a request the
+/// host finishes after the call): none is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sessions_are_deleted_after_the_answer() {
+    use http_body_util::{BodyExt, Empty};
+    let emu = Emulator::start().await;
+    let t = host_with(&["daytona"], &emu.config()).await;
+    let provider = t.host.provider("daytona").unwrap();
+    let sb = provider.create(labelled("sessions", "gone")).await.unwrap();
+    for i in 0..5 {
+        let r = sb
+            .exec(ExecRequest::shell(format!("echo {i}")), None)
+            .await
+            .unwrap();
+        assert_eq!(r.stdout_tail, format!("{i}\n").into_bytes());
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let url = format!("{}/toolbox/{}/process/session", emu.url, sb.id());
+    let started = Instant::now();
+    loop {
+        let req = http::Request::get(&url)
+            .header("authorization", "Bearer test-key")
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let sessions: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        if sessions.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "sessions left behind: {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sb.destroy().await.unwrap();
+    emu.shutdown().await;
+}

@@ -29,6 +29,7 @@ fn egress(allow: &[String], cap: u64, denied: Arc<Mutex<Vec<String>>>) -> Egress
         on_denied: Some(Arc::new(move |plugin: &str, url: &str| {
             denied.lock().unwrap().push(format!("{plugin} {url}"))
         })),
+        detached: Default::default(),
     }
 }
 

@@ -75,6 +75,18 @@ async fn under_attack(f: &Fixture, argv: &[&str]) -> (Result<ExecResult, Error>,
     (result, answered)
 }
 
+/// Waits (at most 10 s) until `ok` holds.
+async fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn fault(r: &Result<ExecResult, Error>) -> &PluginFault {
     match r {
         Err(Error::Plugin { fault, .. }) => fault,
@@ -220,6 +232,75 @@ async fn the_bound_secret_reaches_upstream_but_never_the_plugin() {
     assert!(
         auth.iter().all(|a| a == &format!("Bearer {SECRET}")),
         "{auth:?}"
+    );
+}
+
+/// Requests a plugin lets go of (`send_detached`) are finished by the host after the call,
+/// under the same policy (allowlist, bound secret, the detach header stripped), and at most
+/// `DETACHED_PER_PLUGIN` at once: a flood of them cannot pile up tasks in the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_requests_finish_after_the_call_under_policy_and_a_cap() {
+    use sandbox_host::outbound::{DETACHED_PER_PLUGIN, DETACH_HEADER};
+    let f = fixture().await;
+    let (r, _) = under_attack(&f, &["detach", "3", &f.upstream.url("/ok")]).await;
+    assert_eq!(r.unwrap().stdout_tail, b"let go of 3");
+    eventually("the detached requests never arrived", || {
+        f.upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/ok")
+            .count()
+            == 3
+    })
+    .await;
+    for seen in f.upstream.requests() {
+        assert!(
+            !seen.headers.contains_key(DETACH_HEADER),
+            "{:?}",
+            seen.headers
+        );
+        assert_eq!(
+            seen.headers.get("authorization").unwrap(),
+            &format!("Bearer {SECRET}")
+        );
+    }
+
+    // Past the cap, the rest stay tied to their dropped handles: only the cap's worth arrive
+    // (these never get an answer, so they keep their permits).
+    let flood = (DETACHED_PER_PLUGIN + 40).to_string();
+    let (r, answered) = under_attack(&f, &["detach", &flood, &f.upstream.url("/hang")]).await;
+    r.unwrap();
+    assert!(answered >= 1);
+    eventually("the capped detached requests never arrived", || {
+        f.upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/hang")
+            .count()
+            >= DETACHED_PER_PLUGIN
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hung = f
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/hang")
+        .count();
+    assert_eq!(
+        hung, DETACHED_PER_PLUGIN,
+        "more detached requests ran than the cap"
+    );
+
+    // A host outside the grant is still denied: nothing connects.
+    let other = TestServer::start().await;
+    let (r, _) = under_attack(&f, &["detach", "2", &other.url("/ok")]).await;
+    r.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        other.accepts(),
+        0,
+        "a detached request reached a host not granted"
     );
 }
 

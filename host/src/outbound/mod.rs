@@ -10,6 +10,11 @@
 //!    operator marked the host), with the plugin's timeouts enforced;
 //! 4. the response body is capped in size and bounded in time between frames;
 //! 5. method, host, path (no query), status and latency are logged; header values never are.
+//!
+//! A request carrying [`DETACH_HEADER`] (stripped before it leaves) is finished by a task of its
+//! own: the plugin may drop its handle and return, and the request still completes (cleanup
+//! such as deleting a provider-side session, off the caller's wait). At most
+//! [`DETACHED_PER_PLUGIN`] run at once per plugin; beyond, the request stays tied to its handle.
 
 mod body;
 pub mod client;
@@ -24,6 +29,20 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::policy::allowlist::Allowlist;
 use client::{Clients, ProhibitedAddress};
+
+/// The request header a plugin sets to have its request finished after it lets go of it.
+pub const DETACH_HEADER: &str = "sandbox-host-detach";
+/// Detached requests in flight per plugin.
+pub const DETACHED_PER_PLUGIN: usize = 64;
+
+/// The permits for a plugin's detached requests.
+pub struct DetachLimit(Arc<tokio::sync::Semaphore>);
+
+impl Default for DetachLimit {
+    fn default() -> Self {
+        DetachLimit(Arc::new(tokio::sync::Semaphore::new(DETACHED_PER_PLUGIN)))
+    }
+}
 
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(300);
@@ -59,6 +78,7 @@ pub struct Egress {
     pub response_cap: u64,
     pub clients: Arc<Clients>,
     pub on_denied: Option<DenialHandler>,
+    pub detached: DetachLimit,
 }
 
 /// The hooks value stored in each call's Store.
@@ -82,8 +102,32 @@ impl WasiHttpHooks for Hooks {
             > + Send,
     > {
         let egress = self.0.clone();
+        let mut request = request;
+        let options = options.unwrap_or_default();
+        let detach = request.headers_mut().remove(DETACH_HEADER).is_some();
+        let permit = detach
+            .then(|| egress.detached.0.clone().try_acquire_owned().ok())
+            .flatten();
+        if let Some(permit) = permit {
+            // Spawned now, not when wasi:http first polls the future returned here: a plugin
+            // that drops its handle at once has that future aborted before it ever runs, while
+            // a spawned task outlives its dropped JoinHandle.
+            let task = tokio::spawn(async move {
+                let _permit = permit;
+                egress.send(request, options).await
+            });
+            return Box::new(async move {
+                let resp = task
+                    .await
+                    .map_err(|e| Error::InternalError(Some(e.to_string())))??;
+                Ok((
+                    resp,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
+        }
         Box::new(async move {
-            let resp = egress.send(request, options.unwrap_or_default()).await?;
+            let resp = egress.send(request, options).await?;
             Ok((
                 resp,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

@@ -133,6 +133,7 @@ impl Loader {
             response_cap: 0,
             clients: self.clients.get(&[]).map_err(|e| load_err(path, e))?,
             on_denied: None,
+            detached: Default::default(),
         });
         // describe() must not do I/O: tight limits keep a hostile one from stalling a load.
         let limits = Limits {
@@ -238,6 +239,7 @@ impl Loader {
             response_cap: limits.response_bytes,
             clients,
             on_denied: self.on_denied.clone(),
+            detached: Default::default(),
         });
         Ok(LoadedPlugin {
             bound_secrets: egress.secrets.iter().map(|s| s.name.clone()).collect(),

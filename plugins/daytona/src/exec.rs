@@ -202,7 +202,10 @@ pub fn exec(sandbox: &SandboxRef, req: ExecRequest) -> Result<ExecResult> {
     let sid = format!("{EXEC_PREFIX}{}", kit::random_hex(8));
     create_session(&base, &sid)?;
     let result = run(&base, &sid, &line, req.timeout_ms);
-    let _ = delete_session(&base, &sid);
+    // Its command has ended: the session's deletion need not hold up the answer (the host
+    // finishes the request after this call; a failure only leaves an idle shell behind until
+    // the sandbox goes, as an ignored error did before).
+    let _ = toolbox(Method::Delete, &base, &["process", "session", &sid]).send_detached();
     result
 }
 

@@ -94,6 +94,16 @@ fn egress(url: &str) -> Result<ExecResult> {
     done(resp.status().to_string())
 }
 
+/// `detach N URL`: lets go of N requests at once, leaving them to the host.
+fn detach(args: &[String]) -> Result<ExecResult> {
+    let n = number(args, 1)?;
+    let url = target(&args[1.min(args.len())..])?;
+    for _ in 0..n {
+        Request::get(&url).send_detached()?;
+    }
+    done(format!("let go of {n}"))
+}
+
 fn steal(url: &str) -> Result<ExecResult> {
     let mut seen: Vec<String> = Vec::new();
     let mut note = |s: String| {
@@ -255,6 +265,7 @@ impl kit::Plugin for Hostile {
             "spin" => spin(),
             "alloc" => alloc(number(args, 1024)?),
             "egress" => egress(&target(args)?),
+            "detach" => detach(args),
             "steal" => steal(&target(args)?),
             "huge" => huge(&target(args)?),
             "trap" => trap(),

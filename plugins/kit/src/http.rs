@@ -40,6 +40,8 @@ use crate::util::{self, LineSplitter};
 
 pub use crate::bindings::wasi::http::types::Method;
 
+/// The header that asks the host to finish a request the plugin lets go of (the host strips it).
+const DETACH_HEADER: &str = "sandbox-host-detach";
 /// How many bytes one `read_chunk` asks the host for at most (it returns what has arrived).
 pub const READ_CHUNK: u64 = 1 << 20;
 /// The most [`Response::bytes`] reserves up front from a `content-length` it cannot trust.
@@ -276,6 +278,15 @@ impl Request {
         // error only matters when no response comes, and then the response's error says more.
         let _ = write_body(outgoing_body, &body, &context);
         Ok(InFlight { future, context })
+    }
+
+    /// Sends the request and lets go of it: the host finishes it after this call returns and
+    /// drops the answer, which nobody sees. For cleanup off the caller's wait (deleting a
+    /// provider-side session); a failure is only logged by the host. A host past its limit of
+    /// detached requests, or without the feature, may cancel it instead: use it only for
+    /// work whose loss is harmless.
+    pub fn send_detached(self) -> Result<()> {
+        self.header(DETACH_HEADER, "1").start().map(drop)
     }
 
     /// [`send`](Request::send), then [`Response::error_for_status`].
