@@ -282,6 +282,19 @@ impl Host {
         self.0.plugins.all()
     }
 
+    /// Waits (at most `timeout` in all) for requests plugins let go of to finish: cleanup a
+    /// plugin left to the host after a call (see `kit::http::Request::send_detached`). A
+    /// process about to exit calls this, or that cleanup is lost with it. Whether all ended.
+    pub async fn settle(&self, timeout: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        let mut all = true;
+        for p in self.plugins() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            all &= p.settle_detached(left).await;
+        }
+        all
+    }
+
     /// Why plugins found at start-up did not load.
     pub fn load_errors(&self) -> &[String] {
         &self.0.load_errors

@@ -244,6 +244,17 @@ async fn detached_requests_finish_after_the_call_under_policy_and_a_cap() {
     let f = fixture().await;
     let (r, _) = under_attack(&f, &["detach", "3", &f.upstream.url("/ok")]).await;
     assert_eq!(r.unwrap().stdout_tail, b"let go of 3");
+    // What a process about to exit waits for (the CLI does).
+    assert!(f.t.host.settle(std::time::Duration::from_secs(5)).await);
+    assert_eq!(
+        f.upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/ok")
+            .count(),
+        3,
+        "settle returned before the detached requests were answered"
+    );
     eventually("the detached requests never arrived", || {
         f.upstream
             .requests()
@@ -290,6 +301,10 @@ async fn detached_requests_finish_after_the_call_under_policy_and_a_cap() {
     assert_eq!(
         hung, DETACHED_PER_PLUGIN,
         "more detached requests ran than the cap"
+    );
+    assert!(
+        !f.t.host.settle(std::time::Duration::from_millis(200)).await,
+        "settle claimed requests that never get an answer had finished"
     );
 
     // A host outside the grant is still denied: nothing connects.

@@ -387,25 +387,37 @@ async fn dispatch(cli: Cli) -> Res<i32> {
         setup,
         localbox,
     };
-    match cli.command {
-        Command::Plugins => info::plugins(&ctx),
-        Command::Doctor { provider } => info::doctor(&ctx, provider.as_deref()).await,
+    let result = command(&ctx, cli.command).await;
+    // Cleanup plugins left to the host (e.g. a daytona exec's session) must not die with us.
+    if !ctx.host.settle(SETTLE).await {
+        tracing::warn!("requests plugins left to finish were still running at exit");
+    }
+    result
+}
+
+/// How long the CLI waits at exit for requests plugins let go of.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn command(ctx: &Ctx, command: Command) -> Res<i32> {
+    match command {
+        Command::Plugins => info::plugins(ctx),
+        Command::Doctor { provider } => info::doctor(ctx, provider.as_deref()).await,
         Command::Config {
             what: args::ConfigCommand::Show,
-        } => info::config_show(&ctx),
-        Command::Create(c) => lifecycle::create(&ctx, &c).await,
-        Command::Attach { provider, id } => lifecycle::attach(&ctx, &provider, &id).await,
-        Command::Inspect(t) => lifecycle::inspect(&ctx, &t).await,
+        } => info::config_show(ctx),
+        Command::Create(c) => lifecycle::create(ctx, &c).await,
+        Command::Attach { provider, id } => lifecycle::attach(ctx, &provider, &id).await,
+        Command::Inspect(t) => lifecycle::inspect(ctx, &t).await,
         Command::Ls {
             provider,
             labels,
             all,
-        } => lifecycle::ls(&ctx, provider.as_deref(), &labels, all).await,
-        Command::Pause(t) => lifecycle::pause(&ctx, &t).await,
-        Command::Resume(t) => lifecycle::resume(&ctx, &t).await,
-        Command::Rm(t) => lifecycle::rm(&ctx, &t).await,
-        Command::Timeout { target, secs } => lifecycle::timeout(&ctx, &target, secs).await,
-        Command::Port { target, port } => lifecycle::port(&ctx, &target, port).await,
+        } => lifecycle::ls(ctx, provider.as_deref(), &labels, all).await,
+        Command::Pause(t) => lifecycle::pause(ctx, &t).await,
+        Command::Resume(t) => lifecycle::resume(ctx, &t).await,
+        Command::Rm(t) => lifecycle::rm(ctx, &t).await,
+        Command::Timeout { target, secs } => lifecycle::timeout(ctx, &target, secs).await,
+        Command::Port { target, port } => lifecycle::port(ctx, &target, port).await,
         Command::Exec {
             target,
             cwd,
@@ -422,32 +434,32 @@ async fn dispatch(cli: Cli) -> Res<i32> {
                 stdin,
                 command,
             };
-            exec::exec(&ctx, &target, opts, detach).await
+            exec::exec(ctx, &target, opts, detach).await
         }
-        Command::Ps(t) => exec::ps(&ctx, &t).await,
+        Command::Ps(t) => exec::ps(ctx, &t).await,
         Command::Kill {
             target,
             pid,
             signal,
-        } => exec::kill(&ctx, &target, &pid, &signal).await,
+        } => exec::kill(ctx, &target, &pid, &signal).await,
         Command::Run {
             create,
             exec_timeout,
             command,
-        } => exec::run(&ctx, &create, exec_timeout, command).await,
+        } => exec::run(ctx, &create, exec_timeout, command).await,
         Command::Cp {
             recursive,
             src,
             dst,
             provider,
-        } => files::cp(&ctx, &src, &dst, recursive, provider.as_deref()).await,
-        Command::Files { target, path } => files::files(&ctx, &target, &path).await,
+        } => files::cp(ctx, &src, &dst, recursive, provider.as_deref()).await,
+        Command::Files { target, path } => files::files(ctx, &target, &path).await,
         Command::RmPath {
             target,
             path,
             recursive,
-        } => files::rm_path(&ctx, &target, &path, recursive).await,
-        Command::Mkdir { target, path } => files::mkdir(&ctx, &target, &path).await,
+        } => files::rm_path(ctx, &target, &path, recursive).await,
+        Command::Mkdir { target, path } => files::mkdir(ctx, &target, &path).await,
         Command::Localbox { .. } | Command::Serve { .. } => {
             unreachable!("handled before the host is built")
         }

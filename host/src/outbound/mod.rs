@@ -38,6 +38,14 @@ pub const DETACHED_PER_PLUGIN: usize = 64;
 /// The permits for a plugin's detached requests.
 pub struct DetachLimit(Arc<tokio::sync::Semaphore>);
 
+impl DetachLimit {
+    /// Waits until none of these requests is in flight, at most `timeout`; whether none is.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let all = self.0.acquire_many(DETACHED_PER_PLUGIN as u32);
+        matches!(tokio::time::timeout(timeout, all).await, Ok(Ok(_)))
+    }
+}
+
 impl Default for DetachLimit {
     fn default() -> Self {
         DetachLimit(Arc::new(tokio::sync::Semaphore::new(DETACHED_PER_PLUGIN)))

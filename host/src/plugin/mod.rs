@@ -381,6 +381,11 @@ impl LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Waits (at most `timeout`) for the requests this plugin let go of to finish.
+    pub async fn settle_detached(&self, timeout: Duration) -> bool {
+        self.egress.detached.settle(timeout).await
+    }
+
     /// How many times the engine's epoch ticker went to sleep for want of calls (tests).
     #[doc(hidden)]
     pub fn epoch_ticker_parks(&self) -> usize {
