@@ -7,8 +7,9 @@
 //! started in-process on a loopback port, unless the operator points it elsewhere.
 //!
 //! Start-up re-attaches every recorded sandbox (or marks it `lost`); SIGTERM stops accepting,
-//! lets in-flight calls finish (bounded by `shutdown_grace_secs`), then stops localbox's
-//! commands; the registry is written as calls complete, so nothing is left to persist.
+//! lets in-flight calls finish (bounded by `shutdown_grace_secs`) and the requests plugins let
+//! go of (10 s), then stops localbox's commands; the registry is written as calls complete, so
+//! nothing is left to persist.
 
 mod auth;
 pub mod config;
@@ -205,6 +206,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         tokio::select! {
             r = server => r.context("server")?,
             _ = deadline => tracing::warn!("in-flight calls still running after {grace:?}: exiting anyway"),
+        }
+        // Cleanup plugins left to the host after their calls (e.g. session deletions).
+        if !st.host.settle(Duration::from_secs(10)).await {
+            tracing::warn!("requests plugins left to finish were still running at exit");
         }
         if let Some((engine, lb_stop, lb_task)) = localbox {
             lb_stop.cancel();
