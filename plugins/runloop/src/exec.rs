@@ -22,8 +22,8 @@ const STREAM_IDLE: Duration = Duration::from_secs(24 * 3600);
 const POLL_LISTEN: Duration = Duration::from_millis(150);
 /// Consecutive failed reconnections of one stream before giving up.
 const MAX_RECONNECTS: u32 = 8;
-/// How long the completion wait sent with an exec holds (the server's maximum is 25 s).
-const EXEC_HOLD: Duration = Duration::from_secs(25);
+/// How long the completion wait sent with a running exec holds (the server's maximum is 25 s).
+const COMPLETION_WAIT: Duration = Duration::from_secs(25);
 /// How long a command may run before its stdout is streamed (a quicker one's output comes
 /// whole with its completion).
 const FIRST_LOOK: Duration = Duration::from_millis(100);
@@ -254,11 +254,11 @@ fn follow(
 }
 
 /// Foreground exec: `execute` starts the command and holds its answer up to
-/// [`EXEC_HOLD_SETTING`] (1 s by default) for the completion, so a quick command takes this one request (its
-/// command id, a UUIDv7, makes a retried start run the command once). A command still running
-/// then gets a `wait_for_status` read alongside its stdout stream, which is followed live from
-/// byte 0. A command with less time than that left is started without the hold and gets
-/// [`FIRST_LOOK`] to complete before its stdout is streamed.
+/// [`EXEC_HOLD_SETTING`] (1 s by default) for the completion, so a quick command takes this one
+/// request (its command id, a UUIDv7, makes a retried start run the command once). A command
+/// still running then gets a `wait_for_status` read alongside its stdout stream, which is
+/// followed live from byte 0. A command with less time than that left is started without the
+/// hold and gets [`FIRST_LOOK`] to complete before its stdout is streamed.
 pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
     let mut deadline = request
         .timeout_ms
@@ -292,12 +292,13 @@ pub fn run(sandbox: &SandboxRef, request: &ExecRequest) -> Result<ExecResult> {
         Some(started)
     } else {
         let wait_url = devboxes(&[&sandbox.id, "executions", &eid, "wait_for_status"])?;
-        let hold = json!({ "statuses": ["completed"], "timeout_seconds": EXEC_HOLD.as_secs() });
+        let until_done =
+            json!({ "statuses": ["completed"], "timeout_seconds": COMPLETION_WAIT.as_secs() });
         // Sent now, answered when the command ends: read alongside the stdout stream.
         let wait = crate::api::request(Method::Post, wait_url)
-            .json(&hold)
+            .json(&until_done)
             .header("x-request-id", new_request_id())
-            .first_byte_timeout(EXEC_HOLD + Duration::from_secs(10))
+            .first_byte_timeout(COMPLETION_WAIT + Duration::from_secs(10))
             .start()?;
         let first_look = left(deadline).map_or(FIRST_LOOK, |t| FIRST_LOOK.min(t));
         if wait.ready_within(first_look) {
