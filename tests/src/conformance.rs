@@ -440,6 +440,20 @@ async fn exec_stdin(sandbox: &Sandbox) -> anyhow::Result<()> {
         "wc -c of 100000 stdin bytes: {:?}",
         c.stdout()
     );
+    // Without stdin, a command that reads it sees its end at once (argv and shell alike).
+    for mut req in [
+        ExecRequest::argv(["cat"]),
+        ExecRequest::shell("cat; echo read-to-end"),
+    ] {
+        req.timeout_ms = Some(20_000);
+        let c = run(sandbox, req).await?;
+        ensure!(
+            c.result.exit_code == 0 && !c.result.timed_out,
+            "a command reading stdin without any: exit {}, timed out {}",
+            c.result.exit_code,
+            c.result.timed_out
+        );
+    }
     // A command that ends without reading its stdin (more than a pipe holds): its own result,
     // not an error about the input it left.
     let mut req = ExecRequest::shell("echo early; exit 3");

@@ -275,6 +275,105 @@ async fn http1_is_never_used_for_grpc() {
     emu.shutdown().await;
 }
 
+/// What each operation asks of the router: a shell command without stdin gets /dev/null from
+/// its shell instead of a stdin write that closes the pipe, and the file helpers follow only
+/// the output they use, their error report (stderr) read only after a failed exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_ask_the_router_only_what_they_use() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let provider = t.host.provider("modal").unwrap();
+    let sandbox = provider.create(Spec::default()).await.unwrap();
+    let calls = || {
+        let mut calls: Vec<(String, u64)> =
+            std::mem::take(&mut *emu.state.router_calls.lock().unwrap())
+                .into_iter()
+                .collect();
+        calls.sort();
+        calls
+    };
+    let expect = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+        pairs.iter().map(|(m, n)| (m.to_string(), *n)).collect()
+    };
+    calls();
+
+    // A shell command that reads stdin sees its end at once, without the stdin write.
+    let mut req = ExecRequest::shell("cat; echo done >&2");
+    req.timeout_ms = Some(20_000);
+    let r = sandbox.exec(req, None).await.unwrap();
+    assert_eq!((r.exit_code, r.timed_out), (0, false));
+    assert_eq!(r.stderr_tail, b"done\n");
+    assert_eq!(
+        calls(),
+        expect(&[
+            ("TaskExecStart", 1),
+            ("TaskExecStdioRead", 2),
+            ("TaskExecWait", 1)
+        ]),
+        "a shell exec without stdin"
+    );
+    // An argv has no shell to redirect for it: its stdin is closed by a write.
+    let mut req = ExecRequest::argv(["cat"]);
+    req.timeout_ms = Some(20_000);
+    let r = sandbox.exec(req, None).await.unwrap();
+    assert_eq!((r.exit_code, r.timed_out), (0, false));
+    assert_eq!(
+        calls(),
+        expect(&[
+            ("TaskExecStart", 1),
+            ("TaskExecStdinWrite", 1),
+            ("TaskExecStdioRead", 2),
+            ("TaskExecWait", 1)
+        ]),
+        "an argv exec without stdin"
+    );
+
+    sandbox
+        .write_file("/tmp/counted.bin", b"\x00\x01data".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        calls(),
+        expect(&[
+            ("TaskExecStart", 1),
+            ("TaskExecStdinWrite", 1),
+            ("TaskExecWait", 1)
+        ]),
+        "a file write"
+    );
+    assert_eq!(
+        sandbox.read_file("/tmp/counted.bin").await.unwrap(),
+        b"\x00\x01data"
+    );
+    assert_eq!(
+        calls(),
+        expect(&[
+            ("TaskExecStart", 1),
+            ("TaskExecStdioRead", 1),
+            ("TaskExecWait", 1)
+        ]),
+        "a file read"
+    );
+    // A failure still carries fs-tools' own report, read from stderr after the exit.
+    match provider_error(sandbox.read_file("/tmp/no-such-file").await) {
+        ProviderError::NotFound(m) => assert!(m.contains("/tmp/no-such-file"), "{m}"),
+        other => panic!("reading a missing file: {other:?}"),
+    }
+    // mkdir under a regular file: whatever kind fs-tools reports, it arrives as a provider error.
+    provider_error(sandbox.mkdir("/tmp/counted.bin/sub", false).await);
+    assert_eq!(
+        calls(),
+        expect(&[
+            ("TaskExecStart", 2),
+            ("TaskExecStdioRead", 3),
+            ("TaskExecWait", 2)
+        ]),
+        "a failed read (stdout, then stderr) and a failed mkdir (stderr)"
+    );
+    sandbox.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_are_survived() {
     let emu = Emulator::start().await;

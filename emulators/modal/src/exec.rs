@@ -132,6 +132,11 @@ fn deadline(headers: &HeaderMap) -> Option<Duration> {
 
 /// Answers one router method.
 pub async fn handle(emu: &Arc<Emu>, method: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    *emu.router_calls
+        .lock()
+        .unwrap()
+        .entry(method.to_string())
+        .or_default() += 1;
     let subject = match check_jwt(emu, headers) {
         Ok(s) => s,
         Err(s) => return grpc::error_response(&s),

@@ -66,6 +66,8 @@ pub struct Emu {
     /// Router calls that arrived carrying the account token (`x-modal-token-*`), which only
     /// the control plane should ever see.
     pub router_calls_with_account_token: std::sync::atomic::AtomicU64,
+    /// Router calls received, by method name (tests count what an operation costs).
+    pub router_calls: Mutex<HashMap<String, u64>>,
     last_created: Mutex<f64>,
 }
 
@@ -93,6 +95,7 @@ impl Emu {
             proxies: Default::default(),
             router_authority: Default::default(),
             router_calls_with_account_token: Default::default(),
+            router_calls: Default::default(),
             last_created: Mutex::new(0.0),
         }
     }

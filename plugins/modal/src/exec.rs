@@ -3,6 +3,29 @@
 
 use super::*;
 
+/// Which output streams an exec follows while it runs. A helper's stdout or its error report
+/// is all that is wanted of it; a stream not followed is never asked for, which saves a
+/// router call (its output stays with the router).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reads {
+    /// stdout and stderr as they arrive (a command's output).
+    Both,
+    /// stdout only; stderr after a non-zero exit, where fs-tools reports its error.
+    Stdout,
+    /// Neither; stderr after a non-zero exit.
+    Neither,
+}
+
+impl Reads {
+    fn stdout(self) -> bool {
+        self != Reads::Neither
+    }
+
+    fn stderr(self) -> bool {
+        self == Reads::Both
+    }
+}
+
 /// An exec's calls sent ahead (see [`Running::send_ahead`]).
 pub(crate) struct Ahead {
     pub(crate) stdin: Option<PendingCall>,
@@ -51,10 +74,10 @@ impl Running {
     }
 
     /// Sends what an exec asks right after the start, so that the round trips overlap each
-    /// other and the command: stdin with its end (when it fits one write), both output streams
-    /// and the wait. A call that cannot be sent, or is refused (an expired JWT, …), is simply
-    /// asked again the ordinary way.
-    pub(crate) fn send_ahead(&self, stdin: Option<&Rc<Vec<u8>>>) -> Ahead {
+    /// other and the command: stdin with its end (when it fits one write), the output streams
+    /// `reads` follows and the wait. A call that cannot be sent, or is refused (an expired
+    /// JWT, …), is simply asked again the ordinary way.
+    pub(crate) fn send_ahead(&self, stdin: Option<&Rc<Vec<u8>>>, reads: Reads) -> Ahead {
         let r = self.token.router();
         let ids = (self.token.task.clone(), self.exec_id.clone());
         let read = |fd: tr::TaskExecStdioFileDescriptor| {
@@ -88,21 +111,29 @@ impl Running {
         };
         Ahead {
             stdin: stdin.flatten(),
-            stdout: read(tr::TaskExecStdioFileDescriptor::Stdout),
-            stderr: read(tr::TaskExecStdioFileDescriptor::Stderr),
+            stdout: reads
+                .stdout()
+                .then(|| read(tr::TaskExecStdioFileDescriptor::Stdout))
+                .flatten(),
+            stderr: reads
+                .stderr()
+                .then(|| read(tr::TaskExecStdioFileDescriptor::Stderr))
+                .flatten(),
             wait: r.start("TaskExecWait", &wait, Duration::from_secs(55)),
         }
     }
 
-    /// Runs the command to its end: stdin written and closed (`None`: left open), stdout and
-    /// stderr delivered in that order as they arrive; the exit code.
+    /// Runs the command to its end: stdin written and closed (`None`: left open), the streams
+    /// `reads` follows delivered in order (stdout, then stderr) as they arrive; the exit code.
+    /// stderr not followed is still delivered after a non-zero exit.
     pub(crate) fn finish(
         mut self,
         stdin: Option<Rc<Vec<u8>>>,
+        reads: Reads,
         mut on_stdout: impl FnMut(Vec<u8>),
         mut on_stderr: impl FnMut(Vec<u8>),
     ) -> Result<i32> {
-        let ahead = self.send_ahead(stdin.as_ref());
+        let ahead = self.send_ahead(stdin.as_ref(), reads);
         if let Some(data) = stdin {
             // A command may end without reading its stdin: its exit is then the result.
             match self.stdin(&data, ahead.stdin) {
@@ -112,9 +143,17 @@ impl Running {
                 other => other?,
             }
         }
-        self.read(Fd::Stdout, ahead.stdout, &mut on_stdout)?;
-        self.read(Fd::Stderr, ahead.stderr, &mut on_stderr)?;
-        self.wait(ahead.wait)
+        if reads.stdout() {
+            self.read(Fd::Stdout, ahead.stdout, &mut on_stdout)?;
+        }
+        if reads.stderr() {
+            self.read(Fd::Stderr, ahead.stderr, &mut on_stderr)?;
+        }
+        let code = self.wait(ahead.wait)?;
+        if !reads.stderr() && code != 0 {
+            self.read(Fd::Stderr, None, &mut on_stderr)?;
+        }
+        Ok(code)
     }
 
     /// Writes all of `data` to stdin by offset, then closes it; `ahead` is the same write

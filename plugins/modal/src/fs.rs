@@ -2,11 +2,13 @@
 
 use super::*;
 
-/// Runs the fs-tools helper with a JSON command: (exit code, stdout, stderr).
+/// Runs the fs-tools helper with a JSON command: (exit code, stdout, stderr). stdout is
+/// read only when `reads` says so; stderr (its error report) after a non-zero exit.
 pub(crate) fn fs_tool(
     sandbox: &SandboxRef,
     command: serde_json::Value,
     stdin: Option<Rc<Vec<u8>>>,
+    reads: Reads,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let token = token_for(sandbox)?;
     let run = Running::start(
@@ -18,7 +20,12 @@ pub(crate) fn fs_tool(
         None,
     )?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run.finish(stdin, |b| append(&mut out, b), |b| append(&mut err, b))?;
+    let code = run.finish(
+        stdin,
+        reads,
+        |b| append(&mut out, b),
+        |b| append(&mut err, b),
+    )?;
     Ok((code, out, err))
 }
 
@@ -65,8 +72,9 @@ pub(crate) fn fs_ok(
     path: &str,
     command: serde_json::Value,
     stdin: Option<Rc<Vec<u8>>>,
+    reads: Reads,
 ) -> Result<Vec<u8>> {
-    let (code, out, err) = fs_tool(sandbox, command, stdin)?;
+    let (code, out, err) = fs_tool(sandbox, command, stdin, reads)?;
     if code != 0 {
         return Err(fs_error(path, code, &err));
     }

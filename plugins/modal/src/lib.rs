@@ -402,10 +402,21 @@ impl kit::Plugin for Modal {
 
     fn exec(sandbox: SandboxRef, request: ExecRequest) -> Result<ExecResult> {
         let token = token_for(&sandbox)?;
-        let argv = match &request.command {
+        // The contract's stdin is closed after its bytes (none: closed at once), so a command
+        // that reads stdin ends instead of waiting forever as it would on Modal. A shell
+        // command without stdin gets /dev/null from its shell, which spares the router call
+        // that closes the pipe; otherwise the bytes (if any) are written and the pipe closed.
+        let stdin = request.stdin.filter(|s| !s.is_empty());
+        let (argv, stdin) = match &request.command {
             Command::Argv(a) if a.is_empty() => return Err(kit::invalid_argument("empty argv")),
-            Command::Argv(a) => a.clone(),
-            Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+            Command::Argv(a) => (a.clone(), Some(Rc::new(stdin.unwrap_or_default()))),
+            Command::Shell(s) => match stdin {
+                None => (
+                    kit::command_argv(&Command::Shell(format!("exec </dev/null; {s}"))),
+                    None,
+                ),
+                Some(data) => (kit::command_argv(&request.command), Some(Rc::new(data))),
+            },
         };
         let cwd = match &request.cwd {
             Some(c) => Some(abs_path(&token, c)?),
@@ -420,12 +431,10 @@ impl kit::Plugin for Modal {
             &request.env,
             request.timeout_ms,
         )?;
-        // The contract's stdin is closed after its bytes (none: closed at once), so a command
-        // that reads stdin ends instead of waiting forever as it would on Modal.
         let out = std::cell::RefCell::new(ExecOutput::new());
-        let stdin = Rc::new(request.stdin.unwrap_or_default());
         let code = run.finish(
-            Some(stdin),
+            stdin,
+            Reads::Both,
             |b| out.borrow_mut().stdout(&b),
             |b| out.borrow_mut().stderr(&b),
         )?;
@@ -443,6 +452,7 @@ impl kit::Plugin for Modal {
             &p,
             serde_json::json!({"ReadFile": {"path": p}}),
             None,
+            Reads::Stdout,
         )
     }
 
@@ -458,6 +468,7 @@ impl kit::Plugin for Modal {
             &p,
             serde_json::json!({"WriteFile": {"path": p}}),
             Some(Rc::new(data)),
+            Reads::Neither,
         )?;
         if let Some(mode) = mode {
             // fs-tools has no mode: set it with chmod.
@@ -471,7 +482,7 @@ impl kit::Plugin for Modal {
                 None,
             )?;
             let mut err = Vec::new();
-            let code = run.finish(None, |_| {}, |b| err.extend_from_slice(&b))?;
+            let code = run.finish(None, Reads::Neither, |_| {}, |b| err.extend_from_slice(&b))?;
             if code != 0 {
                 return Err(kit::provider(
                     0,
@@ -489,6 +500,7 @@ impl kit::Plugin for Modal {
             &p,
             serde_json::json!({"ListFiles": {"path": p}}),
             None,
+            Reads::Stdout,
         )?;
         let entries: Vec<FsEntry> = serde_json::from_slice(&out).map_err(bad_json)?;
         Ok(entries.into_iter().map(Into::into).collect())
@@ -496,7 +508,13 @@ impl kit::Plugin for Modal {
 
     fn stat(sandbox: SandboxRef, path: String) -> Result<FileStat> {
         let p = abs_path(&token_for(&sandbox)?, &path)?;
-        let out = fs_ok(&sandbox, &p, serde_json::json!({"Stat": {"path": p}}), None)?;
+        let out = fs_ok(
+            &sandbox,
+            &p,
+            serde_json::json!({"Stat": {"path": p}}),
+            None,
+            Reads::Stdout,
+        )?;
         let entry: FsEntry = serde_json::from_slice(&out).map_err(bad_json)?;
         Ok(entry.into())
     }
@@ -508,6 +526,7 @@ impl kit::Plugin for Modal {
             &p,
             serde_json::json!({"Remove": {"path": p, "recursive": recursive}}),
             None,
+            Reads::Neither,
         )
         .map(|_| ())
     }
@@ -519,6 +538,7 @@ impl kit::Plugin for Modal {
             &p,
             serde_json::json!({"MakeDirectory": {"path": p, "parents": parents}}),
             None,
+            Reads::Neither,
         )
         .map(|_| ())
     }
