@@ -101,30 +101,50 @@ impl Report {
 /// Runs the suite with the capabilities the provider declares, prints the report and its total
 /// time, and panics with the first failure: what each provider's conformance test does.
 pub async fn assert_conformance(provider: &Provider) -> Report {
+    assert_conformance_with(provider, |_, _| {}).await
+}
+
+/// [`assert_conformance`], with `adapt` given the suite's sandbox spec and the port its
+/// "port-url" step will serve on: for a provider that exposes only ports declared in its own
+/// way (Modal: `unencrypted-ports`, for a tunnel the suite's plain HTTP client can reach).
+pub async fn assert_conformance_with(
+    provider: &Provider,
+    adapt: impl FnOnce(&mut Spec, u16),
+) -> Report {
     let caps = provider.info().expect("provider info").capabilities;
     let started = std::time::Instant::now();
-    let report = run_conformance(provider, caps)
+    let report = run_conformance(provider, caps, adapt)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{report}total {:.2?}", started.elapsed());
     report
 }
 
-pub async fn run_conformance(provider: &Provider, caps: Capabilities) -> anyhow::Result<Report> {
+pub async fn run_conformance(
+    provider: &Provider,
+    caps: Capabilities,
+    adapt: impl FnOnce(&mut Spec, u16),
+) -> anyhow::Result<Report> {
     let mut report = Report {
         provider: provider.name().to_string(),
         ..Default::default()
     };
     let run_id = format!("run-{}", crate::localbox_support::random_hex(6));
-    let spec = Spec {
+    // The port the "port-url" step serves on: free on this machine (providers whose sandboxes
+    // share the host's network need that), chosen before the sandbox for `adapt`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut spec = Spec {
         labels: vec![(LABEL.into(), run_id.clone())],
         env: vec![("CONFORMANCE_SPEC_ENV".into(), "from-spec".into())],
         ..Spec::default()
     };
+    adapt(&mut spec, port);
     let sandbox = report
         .step("create", async { Ok(provider.create(spec).await?) })
         .await?;
-    let result = scenario(provider, &sandbox, caps, &run_id, &mut report).await;
+    let result = scenario(provider, &sandbox, caps, &run_id, port, &mut report).await;
     if result.is_err() {
         let _ = sandbox.destroy().await;
     }
@@ -136,6 +156,7 @@ async fn scenario(
     sandbox: &Sandbox,
     caps: Capabilities,
     run_id: &str,
+    port: u16,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let workdir = report
@@ -190,7 +211,7 @@ async fn scenario(
     }
     if caps.contains(Capabilities::BACKGROUND) && caps.contains(Capabilities::PORTS) {
         let note = report
-            .step("port-url reaches a server", ports(sandbox))
+            .step("port-url reaches a server", ports(sandbox, port))
             .await?;
         report.notes.push(note);
     } else {
@@ -646,7 +667,7 @@ async fn background(sandbox: &Sandbox) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ports(sandbox: &Sandbox) -> anyhow::Result<String> {
+async fn ports(sandbox: &Sandbox, port: u16) -> anyhow::Result<String> {
     let server = if sh(sandbox, "command -v python3").await?.result.exit_code == 0 {
         "python3 -m http.server"
     } else if sh(sandbox, "command -v busybox").await?.result.exit_code == 0 {
@@ -656,10 +677,6 @@ async fn ports(sandbox: &Sandbox) -> anyhow::Result<String> {
     };
     let token = crate::localbox_support::random_hex(8);
     sh_ok(sandbox, &format!("printf {token} > conformance-port.txt")).await?;
-    // Free on this machine (providers whose sandboxes share the host's network need that).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let proc = sandbox
         .start_process(ExecRequest::shell(format!("exec {server} {port}")))
         .await?;

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use sandbox_host::types::{Capabilities, ExecRequest, Spec};
 use sandbox_host::ProviderError;
-use sandbox_tests::conformance::assert_conformance;
+use sandbox_tests::conformance::assert_conformance_with;
 use sandbox_tests::emulator_support::InProcessEmulator;
 use sandbox_tests::{host_with, provider_error};
 
@@ -78,16 +78,17 @@ async fn modal_plugin_passes_the_conformance_suite() {
     let emu = Emulator::start().await;
     let t = host_with(&["modal"], &emu.config()).await;
     let provider = t.host.provider("modal").unwrap();
-    let report = assert_conformance(&provider).await;
-    // Modal has no pause/resume or timeout change; background processes are not done yet.
+    // Modal exposes only ports declared at creation; unencrypted, for the suite's plain HTTP.
+    let report = assert_conformance_with(&provider, |spec, port| {
+        spec.ports.push(port);
+        spec.options
+            .push(("unencrypted-ports".into(), port.to_string()));
+    })
+    .await;
+    // Modal has no pause/resume or timeout change.
     assert_eq!(
         report.skipped,
-        [
-            "background processes",
-            "port-url reaches a server",
-            "set-timeout",
-            "pause and resume"
-        ],
+        ["set-timeout", "pause and resume"],
         "skipped"
     );
     assert_eq!(emu.live(), 0, "the suite left sandboxes behind");
@@ -370,6 +371,50 @@ async fn operations_ask_the_router_only_what_they_use() {
         ]),
         "a failed read (stdout, then stderr) and a failed mkdir (stderr)"
     );
+    sandbox.destroy().await.unwrap();
+    emu.shutdown().await;
+}
+
+/// Background processes beyond the conformance suite: an argv with stdin (its shell hands the
+/// exec's stdin on to the command), a signal to a process that already ended, a pid this
+/// plugin never gave out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_processes_take_stdin_and_signals_after_the_end() {
+    let emu = Emulator::start().await;
+    let t = host_with(&["modal"], &emu.config()).await;
+    let provider = t.host.provider("modal").unwrap();
+    let sandbox = provider.create(Spec::default()).await.unwrap();
+
+    let mut req = ExecRequest::argv(["cat"]);
+    req.stdin = Some(b"to the background\n".to_vec());
+    let p = sandbox.start_process(req).await.unwrap();
+    assert_eq!(p.command, "cat");
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let chunk = loop {
+        let chunk = sandbox.process_output(&p.pid, 0, 0).await.unwrap();
+        if !chunk.running || Instant::now() > deadline {
+            break chunk;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((chunk.running, chunk.exit_code), (false, Some(0)));
+    assert_eq!(chunk.stdout, b"to the background\n");
+    assert_eq!(chunk.stdout_next, 18);
+    let listed = sandbox.processes().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.pid == p.pid && l.command == "cat" && !l.running),
+        "{listed:?}"
+    );
+    // Ended: a signal changes nothing and is no error.
+    sandbox.signal_process(&p.pid, 15).await.unwrap();
+    assert_eq!(
+        sandbox.process_status(&p.pid).await.unwrap().exit_code,
+        Some(0)
+    );
+    // Not a pid of ours: refused by name, no command run for it.
+    provider_error(sandbox.process_status("../../etc/passwd").await);
     sandbox.destroy().await.unwrap();
     emu.shutdown().await;
 }

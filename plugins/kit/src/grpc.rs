@@ -364,6 +364,12 @@ impl Call {
 pub struct PendingCall(crate::http::InFlight);
 
 impl PendingCall {
+    /// Waits at most `d` for the answer's head; true once it has come (a server may hold the
+    /// head of a stream until its first message).
+    pub fn ready_within(&self, d: Duration) -> bool {
+        self.0.ready_within(d)
+    }
+
     /// The answer's messages as they arrive.
     pub fn open(self) -> Result<ServerStream, GrpcError> {
         let resp = self.0.wait().map_err(GrpcError::Transport)?;
@@ -431,6 +437,16 @@ pub struct ServerStream {
     reader: FrameReader,
 }
 
+/// What [`ServerStream::next_within`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Message(Vec<u8>),
+    /// The stream ended with `OK`.
+    End,
+    /// Nothing more arrived in the time given; the stream goes on.
+    Later,
+}
+
 impl ServerStream {
     /// The next message; `None` once the stream ended with `OK`; the status as an error
     /// otherwise (and transport failures mid-stream as `Transport`).
@@ -439,31 +455,58 @@ impl ServerStream {
             if let Some(m) = self.reader.next_message()? {
                 return Ok(Some(m));
             }
-            let Some(resp) = self.resp.as_mut() else {
+            if !self.read_more()? {
                 return Ok(None);
-            };
-            match resp.read_chunk().map_err(GrpcError::Transport)? {
-                Some(chunk) => self.reader.push(&chunk),
-                None => {
-                    let resp = self.resp.take().expect("checked above");
-                    let trailers = resp
-                        .trailers()
-                        .map_err(GrpcError::Transport)?
-                        .unwrap_or_default();
-                    if self.reader.pending() > 0 {
-                        return Err(GrpcError::Transport(unavailable(
-                            "gRPC stream ended inside a message",
-                        )));
-                    }
-                    return match status_in(&trailers) {
-                        Some(GrpcError::Status { code: code::OK, .. }) => Ok(None),
-                        Some(e) => Err(e),
-                        None => Err(GrpcError::Transport(unavailable(
-                            "gRPC stream ended without a status",
-                        ))),
-                    };
-                }
             }
+        }
+    }
+
+    /// [`next_message`](ServerStream::next_message), waiting at most `d` for it.
+    pub fn next_within(&mut self, d: Duration) -> Result<Next, GrpcError> {
+        let deadline = crate::monotonic_ns().saturating_add(d.as_nanos() as u64);
+        loop {
+            if let Some(m) = self.reader.next_message()? {
+                return Ok(Next::Message(m));
+            }
+            let Some(resp) = self.resp.as_ref() else {
+                return Ok(Next::End);
+            };
+            let left = deadline.saturating_sub(crate::monotonic_ns());
+            if !resp.readable_within(Duration::from_nanos(left)) {
+                return Ok(Next::Later);
+            }
+            if !self.read_more()? {
+                return Ok(Next::End);
+            }
+        }
+    }
+
+    /// Reads the next piece of the answer into the frame reader; false once the stream ended
+    /// with `OK`.
+    fn read_more(&mut self) -> Result<bool, GrpcError> {
+        let Some(resp) = self.resp.as_mut() else {
+            return Ok(false);
+        };
+        if let Some(chunk) = resp.read_chunk().map_err(GrpcError::Transport)? {
+            self.reader.push(&chunk);
+            return Ok(true);
+        }
+        let resp = self.resp.take().expect("checked above");
+        let trailers = resp
+            .trailers()
+            .map_err(GrpcError::Transport)?
+            .unwrap_or_default();
+        if self.reader.pending() > 0 {
+            return Err(GrpcError::Transport(unavailable(
+                "gRPC stream ended inside a message",
+            )));
+        }
+        match status_in(&trailers) {
+            Some(GrpcError::Status { code: code::OK, .. }) => Ok(false),
+            Some(e) => Err(e),
+            None => Err(GrpcError::Transport(unavailable(
+                "gRPC stream ended without a status",
+            ))),
         }
     }
 }

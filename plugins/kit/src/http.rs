@@ -569,6 +569,19 @@ impl Response {
 
     /// The next piece of the body as it arrives (blocks until some bytes or the end);
     /// `None` at the end.
+    /// Waits at most `d` for more of the body (or its end) to arrive; true once it has, and
+    /// [`read_chunk`](Response::read_chunk) then returns without waiting.
+    pub fn readable_within(&self, d: Duration) -> bool {
+        let Some(stream) = self.stream.as_ref().filter(|_| !self.eof) else {
+            return true;
+        };
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let readable = stream.subscribe();
+        let timer = crate::bindings::wasi::clocks::monotonic_clock::subscribe_duration(ns);
+        crate::bindings::wasi::io::poll::poll(&[&readable, &timer]);
+        readable.ready()
+    }
+
     pub fn read_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         if self.eof {
             return Ok(None);

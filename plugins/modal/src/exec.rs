@@ -44,13 +44,25 @@ pub(crate) struct Running {
 impl Running {
     pub(crate) fn start(
         sandbox_id: &str,
+        token: Token,
+        argv: Vec<String>,
+        cwd: Option<String>,
+        env: &Pairs,
+        timeout_ms: Option<u64>,
+    ) -> Result<Running> {
+        Running::start_as(exec_id(), sandbox_id, token, argv, cwd, env, timeout_ms)
+    }
+
+    /// [`start`](Running::start) under an exec id the caller chose.
+    pub(crate) fn start_as(
+        exec_id: String,
+        sandbox_id: &str,
         mut token: Token,
         argv: Vec<String>,
         cwd: Option<String>,
         env: &Pairs,
         timeout_ms: Option<u64>,
     ) -> Result<Running> {
-        let exec_id = exec_id();
         let req = tr::TaskExecStartRequest {
             task_id: token.task.clone(),
             exec_id: exec_id.clone(),
@@ -280,7 +292,7 @@ impl Running {
 /// The output bytes of a `TaskExecStdioReadResponse`. Its only field is `data` (1, bytes): a
 /// message that is just that field gives up its own buffer, the 2–6 byte field head shifted
 /// out in place (a large chunk is not copied into a new one); anything else is decoded.
-fn stdio_data(mut message: Vec<u8>) -> Result<Vec<u8>> {
+pub(crate) fn stdio_data(mut message: Vec<u8>) -> Result<Vec<u8>> {
     if let Some(head) = data_field_head(&message) {
         message.drain(..head);
         return Ok(message);

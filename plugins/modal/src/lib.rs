@@ -16,6 +16,7 @@
 mod create;
 mod exec;
 mod fs;
+mod procs;
 mod proto;
 mod rpc;
 mod settings;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use kit::grpc::{code, GrpcError, PendingCall};
 use kit::{
     Capabilities, Check, Command, Endpoint, ExecOutput, ExecRequest, ExecResult, FileKind,
-    FileStat, Pairs, PluginInfo, Result, Sandbox, SandboxRef, SandboxState, Spec,
+    FileStat, Pairs, PluginInfo, ProcessInfo, Result, Sandbox, SandboxRef, SandboxState, Spec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,7 @@ impl kit::Plugin for Modal {
             description: "Modal sandboxes over Modal's gRPC API (HTTP/2)".into(),
             capabilities: Capabilities::STREAMING
                 | Capabilities::STDIN
+                | Capabilities::BACKGROUND
                 | Capabilities::PORTS
                 | Capabilities::LIST_BY_LABELS
                 | Capabilities::IDEMPOTENT_CREATE
@@ -443,6 +445,31 @@ impl kit::Plugin for Modal {
             code == 124 && started.elapsed() >= Duration::from_millis(ms.saturating_sub(100))
         });
         Ok(out.finish(code, timed_out))
+    }
+
+    fn start_process(sandbox: SandboxRef, request: ExecRequest) -> Result<ProcessInfo> {
+        procs::start(&sandbox, request)
+    }
+
+    fn list_processes(sandbox: SandboxRef) -> Result<Vec<ProcessInfo>> {
+        procs::list(&sandbox)
+    }
+
+    fn process_status(sandbox: SandboxRef, pid: String) -> Result<ProcessInfo> {
+        procs::status(&sandbox, &pid)
+    }
+
+    fn process_output(
+        sandbox: SandboxRef,
+        pid: String,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<kit::OutputChunk> {
+        procs::output(&sandbox, &pid, stdout_offset, stderr_offset)
+    }
+
+    fn signal_process(sandbox: SandboxRef, pid: String, signal: i32) -> Result<()> {
+        procs::signal(&sandbox, &pid, signal)
     }
 
     fn read_file(sandbox: SandboxRef, path: String) -> Result<Vec<u8>> {
