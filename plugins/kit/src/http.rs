@@ -567,8 +567,6 @@ impl Response {
         error_from_status(self.status, self.header("retry-after"), &body)
     }
 
-    /// The next piece of the body as it arrives (blocks until some bytes or the end);
-    /// `None` at the end.
     /// Waits at most `d` for more of the body (or its end) to arrive; true once it has, and
     /// [`read_chunk`](Response::read_chunk) then returns without waiting.
     pub fn readable_within(&self, d: Duration) -> bool {
@@ -582,6 +580,8 @@ impl Response {
         readable.ready()
     }
 
+    /// The next piece of the body as it arrives (blocks until some bytes or the end);
+    /// `None` at the end.
     pub fn read_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         if self.eof {
             return Ok(None);
