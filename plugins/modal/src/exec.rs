@@ -26,6 +26,24 @@ impl Reads {
     }
 }
 
+/// How long an output stream may stay open: as long as its command runs.
+pub(crate) const STDIO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// A `TaskExecStdioRead` of exec `exec_id`'s `fd` from byte `offset` on.
+pub(crate) fn stdio_read(
+    task_id: &str,
+    exec_id: &str,
+    fd: Fd,
+    offset: u64,
+) -> tr::TaskExecStdioReadRequest {
+    tr::TaskExecStdioReadRequest {
+        task_id: task_id.to_string(),
+        exec_id: exec_id.to_string(),
+        offset,
+        file_descriptor: fd as i32,
+    }
+}
+
 /// An exec's calls sent ahead (see [`Running::send_ahead`]).
 pub(crate) struct Ahead {
     pub(crate) stdin: Option<PendingCall>,
@@ -92,14 +110,9 @@ impl Running {
     pub(crate) fn send_ahead(&self, stdin: Option<&Rc<Vec<u8>>>, reads: Reads) -> Ahead {
         let r = self.token.router();
         let ids = (self.token.task.clone(), self.exec_id.clone());
-        let read = |fd: tr::TaskExecStdioFileDescriptor| {
-            let req = tr::TaskExecStdioReadRequest {
-                task_id: ids.0.clone(),
-                exec_id: ids.1.clone(),
-                offset: 0,
-                file_descriptor: fd as i32,
-            };
-            r.start("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+        let read = |fd: Fd| {
+            let req = stdio_read(&ids.0, &ids.1, fd, 0);
+            r.start("TaskExecStdioRead", &req, STDIO_DEADLINE)
         };
         let stdin = stdin.filter(|d| d.len() <= STDIN_CHUNK).map(|stdin| {
             let req = tr::TaskExecStdinWriteRequest {
@@ -209,16 +222,11 @@ impl Running {
         let mut offset = 0u64;
         let mut failures = 0;
         loop {
-            let req = tr::TaskExecStdioReadRequest {
-                task_id: self.token.task.clone(),
-                exec_id: self.exec_id.clone(),
-                offset,
-                file_descriptor: fd as i32,
-            };
+            let req = stdio_read(&self.token.task, &self.exec_id, fd, offset);
             let opened = match ahead.take().map(PendingCall::open) {
                 Some(Ok(stream)) => Ok(stream),
                 _ => with_router(&self.sandbox_id, &mut self.token, |r| {
-                    r.open("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+                    r.open("TaskExecStdioRead", &req, STDIO_DEADLINE)
                 }),
             };
             let mut stream = match opened {

@@ -205,13 +205,8 @@ pub(crate) fn output(
     let exit = poll(sandbox, &mut token, exec)?;
     let r = token.router();
     let open = |fd: Fd, offset: u64| {
-        let req = tr::TaskExecStdioReadRequest {
-            task_id: token.task.clone(),
-            exec_id: exec.to_string(),
-            offset,
-            file_descriptor: fd as i32,
-        };
-        r.start("TaskExecStdioRead", &req, Duration::from_secs(24 * 3600))
+        let req = stdio_read(&token.task, exec, fd, offset);
+        r.start("TaskExecStdioRead", &req, STDIO_DEADLINE)
     };
     let (stdout, stderr) = (
         open(Fd::Stdout, stdout_offset),
